@@ -1,0 +1,36 @@
+// Python bindings (nanobind, in MLX's domain so that mx.array passes through).
+#include <nanobind/nanobind.h>
+#include <nanobind/stl/pair.h>
+#include <nanobind/stl/variant.h>
+
+#include "matrix_exp.h"
+
+namespace nb = nanobind;
+using namespace nb::literals;
+
+NB_MODULE(_ext, m) {
+  m.doc() = "Matrix exponential for MLX (C++ core of mlx_linalg_ext).";
+
+#ifdef MLX_LINALG_EXT_GPU
+  m.attr("has_gpu_kernels") = true;
+#else
+  m.attr("has_gpu_kernels") = false;
+#endif
+
+  m.def(
+      "matrix_exp",
+      &mlx_linalg_ext::matrix_exp,
+      "a"_a,
+      nb::kw_only(),
+      "stream"_a = nb::none(),
+      "exp(a) per matrix; wrapped and documented by mlx_linalg_ext.");
+
+  m.def(
+      "expm_frechet",
+      &mlx_linalg_ext::expm_frechet,
+      "a"_a,
+      "e"_a,
+      nb::kw_only(),
+      "stream"_a = nb::none(),
+      "(exp(a), L(a, e)); wrapped and documented by mlx_linalg_ext.");
+}

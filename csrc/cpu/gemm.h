@@ -1,0 +1,104 @@
+// Square matrix products for the CPU backend: C = A B or C += A B, row-major
+// n x n. Small matrices use a direct loop (a BLAS call costs more than the
+// arithmetic there); larger ones go to the platform BLAS: Accelerate on
+// macOS, OpenBLAS from the scipy-openblas32 wheel elsewhere.
+#pragma once
+
+#include <complex>
+#include <cstddef>
+
+#ifdef __APPLE__
+#ifndef ACCELERATE_NEW_LAPACK
+#define ACCELERATE_NEW_LAPACK
+#endif
+#include <Accelerate/Accelerate.h>
+#define EXPM_CBLAS(name) cblas_##name
+#ifdef __LAPACK_float_complex
+using blas_complex = __LAPACK_float_complex; // Accelerate's new-LAPACK type
+#else
+using blas_complex = void;
+#endif
+#else
+// scipy-openblas32 prefixes every symbol with scipy_ so that it cannot clash
+// with another BLAS loaded in the same process.
+#include <cblas.h>
+#define EXPM_CBLAS(name) scipy_cblas_##name
+using blas_complex = void;
+#endif
+
+namespace mlx_linalg_ext::cpu {
+
+using complex64 = std::complex<float>;
+
+// Below this size the direct loop beats a BLAS call (bench/README.md).
+constexpr int kBlasMinSize = 48;
+
+// c += a * b without std::complex's NaN-recovery branches, which block
+// vectorisation; NaNs still propagate.
+inline void fma_into(float& c, float a, float b) {
+  c += a * b;
+}
+inline void fma_into(double& c, double a, double b) {
+  c += a * b;
+}
+inline void fma_into(complex64& c, complex64 a, complex64 b) {
+  c = complex64(
+      c.real() + a.real() * b.real() - a.imag() * b.imag(),
+      c.imag() + a.real() * b.imag() + a.imag() * b.real());
+}
+
+template <typename T>
+void small_gemm(int n, const T* a, const T* b, T* c, bool accumulate) {
+  for (int i = 0; i < n; ++i) {
+    T* __restrict crow = c + size_t(i) * n;
+    if (!accumulate) {
+      for (int j = 0; j < n; ++j) {
+        crow[j] = T(0);
+      }
+    }
+    for (int k = 0; k < n; ++k) {
+      const T aik = a[size_t(i) * n + k];
+      const T* __restrict brow = b + size_t(k) * n;
+      for (int j = 0; j < n; ++j) {
+        fma_into(crow[j], aik, brow[j]);
+      }
+    }
+  }
+}
+
+inline void blas_gemm(
+    int n, const float* a, const float* b, float* c, bool accumulate) {
+  EXPM_CBLAS(sgemm)
+  (CblasRowMajor, CblasNoTrans, CblasNoTrans, n, n, n, 1.0f, a, n, b, n,
+   accumulate ? 1.0f : 0.0f, c, n);
+}
+
+inline void blas_gemm(
+    int n, const double* a, const double* b, double* c, bool accumulate) {
+  EXPM_CBLAS(dgemm)
+  (CblasRowMajor, CblasNoTrans, CblasNoTrans, n, n, n, 1.0, a, n, b, n,
+   accumulate ? 1.0 : 0.0, c, n);
+}
+
+inline void blas_gemm(
+    int n, const complex64* a, const complex64* b, complex64* c,
+    bool accumulate) {
+  const complex64 one(1.0f), beta(accumulate ? 1.0f : 0.0f);
+  auto ptr = [](const complex64* p) {
+    return reinterpret_cast<const blas_complex*>(p);
+  };
+  EXPM_CBLAS(cgemm)
+  (CblasRowMajor, CblasNoTrans, CblasNoTrans, n, n, n, ptr(&one), ptr(a), n,
+   ptr(b), n, ptr(&beta), reinterpret_cast<blas_complex*>(c), n);
+}
+
+template <typename T>
+void gemm(int n, const T* a, const T* b, T* c, bool accumulate = false) {
+  if (n < kBlasMinSize) {
+    small_gemm(n, a, b, c, accumulate);
+  } else {
+    blas_gemm(n, a, b, c, accumulate);
+  }
+}
+
+} // namespace mlx_linalg_ext::cpu

@@ -1,0 +1,321 @@
+// CPU backend of MatrixExp and ExpmFrechet: each matrix of the batch runs the
+// product program of its own degree (expm_numerics.h), then its own squarings.
+#include <algorithm>
+#include <cmath>
+#include <complex>
+#include <cstring>
+#include <limits>
+#include <thread>
+#include <vector>
+
+#include "mlx/allocator.h"
+#include "mlx/backend/cpu/encoder.h"
+
+#include "cpu/gemm.h"
+#include "expm_numerics.h"
+#include "primitives.h"
+
+namespace mlx_linalg_ext {
+
+namespace mx = mlx::core;
+
+namespace {
+
+using cpu::complex64;
+using cpu::gemm;
+
+template <typename T>
+struct RealOf {
+  using type = T;
+};
+template <>
+struct RealOf<complex64> {
+  using type = float;
+};
+
+template <typename T>
+constexpr int precision_of() {
+  return std::is_same_v<T, double> ? expm::kDouble : expm::kSingle;
+}
+
+// The 1-norm (largest column sum of |a_ij|), accumulated in double so that a
+// large finite matrix does not overflow to Inf.
+template <typename T>
+double one_norm(const T* a, int n) {
+  std::vector<double> col(n, 0.0);
+  for (int i = 0; i < n; ++i) {
+    for (int j = 0; j < n; ++j) {
+      col[j] += std::abs(a[size_t(i) * n + j]);
+    }
+  }
+  double norm = 0.0;
+  for (int j = 0; j < n; ++j) {
+    // std::max would drop a NaN column sum.
+    norm = (col[j] > norm || std::isnan(col[j])) ? col[j] : norm;
+  }
+  return norm;
+}
+
+// Evaluates exp(A) and, when asked, L(A, E) for one n x n matrix at a time,
+// reusing its buffers across the matrices of a batch.
+template <typename T>
+class Evaluator {
+  using Real = typename RealOf<T>::type;
+
+ public:
+  Evaluator(int n, bool with_frechet)
+      : n_(n), nn_(size_t(n) * n), with_frechet_(with_frechet) {
+    // Slots 2..6, two operands, two squaring buffers; doubled for the
+    // derivative, plus the scaled A and E.
+    buffer_.resize(nn_ * (with_frechet ? 20 : 10));
+  }
+
+  void run(const T* a, const T* e, T* out_x, T* out_l) {
+    double norm = one_norm(a, n_);
+    if (!std::isfinite(norm)) {
+      // NaN/Inf stay in their own matrix.
+      std::fill(out_x, out_x + nn_, nan());
+      if (out_l) {
+        std::fill(out_l, out_l + nn_, nan());
+      }
+      return;
+    }
+    constexpr int precision = precision_of<T>();
+    int d = expm::choose_degree(norm, precision);
+    int s = d == expm::kLastDegree ? expm::square_steps(norm, precision) : 0;
+
+    T* free = buffer_.data();
+    auto take = [&]() {
+      T* p = free;
+      free += nn_;
+      return p;
+    };
+    const T* slot[expm::kMaxSlots] = {};
+    const T* dslot[expm::kMaxSlots] = {};
+    slot[1] = scaled(a, s, take);
+    if (with_frechet_) {
+      dslot[1] = scaled(e, s, take);
+    }
+    T* left = take();
+    T* right = take();
+    T* dleft = with_frechet_ ? take() : nullptr;
+    T* dright = with_frechet_ ? take() : nullptr;
+
+    for (int k = 0; k < expm::kNumProducts[d]; ++k) {
+      int step = expm::kFirstStep[d] + k;
+      int count = 2 + k; // the slots made before this step
+      const T* l = combine(expm::kStepLeft[step], count, slot, true, left);
+      const T* r = combine(expm::kStepRight[step], count, slot, true, right);
+      T* p = take();
+      gemm(n_, l, r, p);
+      slot[2 + k] = p;
+      if (with_frechet_) {
+        // d(LR) = dL R + L dR; the identity slot has no derivative.
+        const T* dl = combine(expm::kStepLeft[step], count, dslot, false, dleft);
+        const T* dr = combine(expm::kStepRight[step], count, dslot, false, dright);
+        T* dp = take();
+        gemm(n_, dl, r, dp);
+        gemm(n_, l, dr, dp, /* accumulate= */ true);
+        dslot[2 + k] = dp;
+      }
+    }
+
+    // The approximant, then s squarings; the last one lands in the output.
+    T* sq[2] = {take(), take()};
+    T* dsq[2] = {};
+    if (with_frechet_) {
+      dsq[0] = take();
+      dsq[1] = take();
+    }
+    int count = expm::num_slots(d);
+    T* x = s == 0 ? out_x : sq[0];
+    T* dx = s == 0 ? out_l : dsq[0];
+    combine_into(expm::kFinal[d], count, slot, true, x);
+    if (with_frechet_) {
+      combine_into(expm::kFinal[d], count, dslot, false, dx);
+    }
+    for (int i = 0; i < s; ++i) {
+      bool last = i == s - 1;
+      T* y = last ? out_x : sq[(i + 1) % 2];
+      if (with_frechet_) {
+        // d(X^2) = X dX + dX X.
+        T* dy = last ? out_l : dsq[(i + 1) % 2];
+        gemm(n_, x, dx, dy);
+        gemm(n_, dx, x, dy, /* accumulate= */ true);
+        dx = dy;
+      }
+      gemm(n_, x, x, y);
+      x = y;
+    }
+  }
+
+ private:
+  static T nan() {
+    return T(std::numeric_limits<Real>::quiet_NaN());
+  }
+
+  // a * 2^-s (exact); a itself when s = 0.
+  template <typename Take>
+  const T* scaled(const T* a, int s, Take& take) {
+    if (s == 0) {
+      return a;
+    }
+    T* p = take();
+    Real f = Real(std::ldexp(1.0, -s));
+    for (size_t i = 0; i < nn_; ++i) {
+      p[i] = a[i] * f;
+    }
+    return p;
+  }
+
+  // sum_j c[j] slot_j for j < count, where slot 0 is the identity if
+  // `identity` (the primal list) and has no part otherwise (the derivative's
+  // list). A lone slot with coefficient 1 is used in place, without a copy.
+  const T* combine(
+      const EXPM_REAL* c, int count, const T* const* slot, bool identity,
+      T* scratch) const {
+    int lone = -1;
+    for (int j = identity ? 0 : 1; j < count; ++j) {
+      if (c[j] != 0) {
+        if (lone != -1 || j == 0 || c[j] != 1) {
+          lone = -2;
+          break;
+        }
+        lone = j;
+      }
+    }
+    if (lone >= 1) {
+      return slot[lone];
+    }
+    combine_into(c, count, slot, identity, scratch);
+    return scratch;
+  }
+
+  void combine_into(
+      const EXPM_REAL* c, int count, const T* const* slot, bool identity,
+      T* dst) const {
+    std::fill(dst, dst + nn_, T(0));
+    for (int j = 1; j < count; ++j) {
+      if (c[j] != 0) {
+        Real cj = Real(c[j]);
+        const T* src = slot[j];
+        for (size_t i = 0; i < nn_; ++i) {
+          dst[i] += cj * src[i];
+        }
+      }
+    }
+    if (identity && c[0] != 0) {
+      for (int i = 0; i < n_; ++i) {
+        dst[size_t(i) * n_ + i] += Real(c[0]);
+      }
+    }
+  }
+
+  int n_;
+  size_t nn_;
+  bool with_frechet_;
+  std::vector<T> buffer_;
+};
+
+// Runs body(begin, end, worker) over [0, count) on up to hardware_concurrency
+// threads when the work is large enough to pay for starting them.
+template <typename Body>
+void parallel_for(int64_t count, double flops_per_item, Body body) {
+  constexpr double kFlopsPerThread = 2e6; // ~0.2 ms of work
+  int64_t hw = std::max(1u, std::thread::hardware_concurrency());
+  int64_t by_work = int64_t(count * flops_per_item / kFlopsPerThread);
+  int64_t workers = std::clamp<int64_t>(std::min(hw, by_work), 1, count);
+  if (workers <= 1) {
+    body(int64_t(0), count, 0);
+    return;
+  }
+  std::vector<std::thread> threads;
+  int64_t chunk = (count + workers - 1) / workers;
+  for (int64_t w = 1; w < workers; ++w) {
+    int64_t begin = std::min(count, w * chunk);
+    int64_t end = std::min(count, begin + chunk);
+    threads.emplace_back(body, begin, end, int(w));
+  }
+  body(int64_t(0), std::min(count, chunk), 0);
+  for (auto& t : threads) {
+    t.join();
+  }
+}
+
+template <typename T>
+void expm_batch(
+    const mx::array& a, const mx::array* e, mx::array& x, mx::array* l) {
+  int n = a.shape(-1);
+  size_t nn = size_t(n) * n;
+  int64_t batch = a.size() / nn;
+  const T* pa = reinterpret_cast<const T*>(a.data<void>());
+  const T* pe = e ? reinterpret_cast<const T*>(e->data<void>()) : nullptr;
+  T* px = reinterpret_cast<T*>(x.data<void>());
+  T* pl = l ? reinterpret_cast<T*>(l->data<void>()) : nullptr;
+  // Large matrices go to BLAS, which threads each product itself; small ones
+  // are spread over the batch.
+  bool blas = n >= cpu::kBlasMinSize;
+  double flops = blas ? 0.0 : 2.0 * 8 * double(nn) * n * (e ? 3 : 1);
+  parallel_for(batch, flops, [&](int64_t begin, int64_t end, int) {
+    Evaluator<T> ev(n, e != nullptr);
+    for (int64_t b = begin; b < end; ++b) {
+      size_t off = size_t(b) * nn;
+      ev.run(pa + off, pe ? pe + off : nullptr, px + off, pl ? pl + off : nullptr);
+    }
+  });
+}
+
+// Dispatches on dtype; the op has already cast inputs to a computed dtype and
+// made them row-contiguous.
+void eval_expm_cpu(
+    mx::Stream stream,
+    const std::vector<mx::array>& inputs,
+    std::vector<mx::array>& outputs) {
+  for (auto& out : outputs) {
+    out.set_data(mx::allocator::malloc(out.nbytes()));
+  }
+  auto& encoder = mx::cpu::get_command_encoder(stream);
+  for (const auto& in : inputs) {
+    encoder.set_input_array(in);
+  }
+  for (auto& out : outputs) {
+    encoder.set_output_array(out);
+  }
+  bool frechet = inputs.size() == 2;
+  encoder.dispatch([a = mx::array::unsafe_weak_copy(inputs[0]),
+                    e = frechet ? mx::array::unsafe_weak_copy(inputs[1])
+                                : mx::array::unsafe_weak_copy(inputs[0]),
+                    x = mx::array::unsafe_weak_copy(outputs[0]),
+                    l = frechet ? mx::array::unsafe_weak_copy(outputs[1])
+                                : mx::array::unsafe_weak_copy(outputs[0]),
+                    frechet]() mutable {
+    const mx::array* pe = frechet ? &e : nullptr;
+    mx::array* pl = frechet ? &l : nullptr;
+    switch (a.dtype()) {
+      case mx::float32:
+        return expm_batch<float>(a, pe, x, pl);
+      case mx::float64:
+        return expm_batch<double>(a, pe, x, pl);
+      case mx::complex64:
+        return expm_batch<complex64>(a, pe, x, pl);
+      default:
+        throw std::runtime_error(
+            "[matrix_exp] Internal error: unexpected dtype on the CPU.");
+    }
+  });
+}
+
+} // namespace
+
+void MatrixExp::eval_cpu(const std::vector<mx::array>& inputs, mx::array& out) {
+  std::vector<mx::array> outputs = {out};
+  eval_expm_cpu(stream(), inputs, outputs);
+}
+
+void ExpmFrechet::eval_cpu(
+    const std::vector<mx::array>& inputs,
+    std::vector<mx::array>& outputs) {
+  eval_expm_cpu(stream(), inputs, outputs);
+}
+
+} // namespace mlx_linalg_ext

@@ -1,0 +1,275 @@
+// Numerics of the matrix exponential, shared by every backend (CPU, CUDA, Metal).
+//
+// Method: Bader, Blanes & Casas (2019), "Computing the Matrix Exponential with
+// an Optimized Taylor Polynomial Approximation", Mathematics 7(12):1174.
+// Taylor approximants of degree 1, 2, 4, 8, 12, 18 cost 0, 1, 2, 3, 4, 5 matrix
+// products. The degree is chosen per matrix from its 1-norm; above the last
+// threshold the matrix is scaled by 2^-s and the result squared s times.
+//
+// Every degree is one "product program" over a list of matrix slots:
+//   slot 0 = I, slot 1 = A, slot 2 + k = the k-th product P_k.
+// Step k computes P_k = (sum_j left[k][j] slot_j) @ (sum_j right[k][j] slot_j)
+// and the approximant is sum_j final[d][j] slot_j. The degree table is data:
+// one evaluator per backend runs every degree, and differentiating that
+// evaluator (dP = dL R + L dR) gives the Frechet derivative of the same
+// approximant (Al-Mohy & Higham 2009).
+//
+// The header is plain C++ that CUDA and Metal can also compile. A backend may
+// define before including it:
+//   EXPM_TABLE  qualifier of the tables   (host: static constexpr; CUDA:
+//               static __constant__ const; Metal: constant)
+//   EXPM_REAL   storage type of the tables (double; Metal has only float)
+//   EXPM_FN     qualifier of the functions (CUDA: __host__ __device__ inline)
+#pragma once
+
+#ifndef EXPM_TABLE
+#define EXPM_TABLE static constexpr
+#endif
+#ifndef EXPM_REAL
+#define EXPM_REAL double
+#endif
+#ifndef EXPM_FN
+#define EXPM_FN inline
+#endif
+
+namespace expm {
+
+// Integer constants are enumerators: Metal allows no other program-scope
+// variables outside its constant address space.
+enum : int {
+  kNumDegrees = 6, // degrees 1, 2, 4, 8, 12, 18, indexed 0..5
+  kLastDegree = kNumDegrees - 1,
+  kMaxSlots = 7, // I, A and at most five products
+  kNumSteps = 15, // 0 + 1 + 2 + 3 + 4 + 5 products
+};
+
+// Precision row of kTheta: single (float32, complex64) or double.
+enum Precision : int { kSingle = 0, kDouble = 1 };
+
+// Bound on the number of squarings: 2^s * theta_18 then covers the largest
+// finite value of the precision (float32 about 2^128, double about 2^1024).
+// Past it (only +Inf can get there) the result is meaningless anyway.
+enum : int { kMaxSquaringsSingle = 128, kMaxSquaringsDouble = 1024 };
+
+EXPM_TABLE int kDegree[kNumDegrees] = {1, 2, 4, 8, 12, 18};
+EXPM_TABLE int kNumProducts[kNumDegrees] = {0, 1, 2, 3, 4, 5};
+// Index of the first step of each degree in kStepLeft / kStepRight.
+EXPM_TABLE int kFirstStep[kNumDegrees] = {0, 0, 1, 3, 6, 10};
+
+// Largest 1-norm for which degree d keeps the truncation error below the unit
+// roundoff (Bader, Blanes & Casas 2019, Table; as used by PyTorch's mexp).
+EXPM_TABLE EXPM_REAL kTheta[2][kNumDegrees] = {
+    {1.192092800768788e-07,
+     5.978858893805233e-04,
+     5.116619363445086e-02,
+     5.800524627688768e-01,
+     1.461661507209034e+00,
+     3.010066362817634e+00},
+    {2.220446049250313e-16,
+     2.580956802971767e-08,
+     3.397168839976962e-04,
+     4.991228871115323e-02,
+     2.996158913811580e-01,
+     1.090863719290036e+00}};
+
+// Degree 8 (Bader, Blanes & Casas 2019, Sec. 4.1); sqrt(177) written out.
+// x7 carries x3^2 in its denominator, as in the paper: with x3 alone (as in
+// PyTorch's mexp) the Taylor coefficients of degree 5..8 are off by up to 33%.
+#define EXPM_SQRT177 1.330413469565007072504e+1
+#define EXPM_X1 ((2.0 / 3.0) * ((1.0 + EXPM_SQRT177) / 88.0))
+#define EXPM_X2 ((2.0 / 3.0) * ((1.0 + EXPM_SQRT177) / 352.0))
+#define EXPM_X3 (2.0 / 3.0)
+#define EXPM_X4 ((-271.0 + 29.0 * EXPM_SQRT177) / (315.0 * (2.0 / 3.0)))
+#define EXPM_X5 ((-11.0 + 11.0 * EXPM_SQRT177) / (1260.0 * (2.0 / 3.0)))
+#define EXPM_X6 ((-99.0 + 11.0 * EXPM_SQRT177) / (5040.0 * (2.0 / 3.0)))
+#define EXPM_X7 \
+  ((89.0 - EXPM_SQRT177) / (5040.0 * (2.0 / 3.0) * (2.0 / 3.0)))
+#define EXPM_Y2 ((857.0 - 58.0 * EXPM_SQRT177) / 630.0)
+
+// Degree 12 (ibid., Table 4): B_i = sum_j b12[i][j] {I, A, A^2, A^3}_j,
+// A6 = B2 + B3^2, T12 = B0 + (B1 + A6) A6.
+#define B12_00 9.0198e-16
+#define B12_01 0.46932117595418237389
+#define B12_02 -0.20099424927047284052
+#define B12_03 -0.04623946134063071740
+#define B12_10 5.31597895759871264183
+#define B12_11 1.19926790417132231573
+#define B12_12 0.01179296240992997031
+#define B12_13 0.01108844528519167989
+#define B12_20 0.18188869982170434744
+#define B12_21 0.05502798439925399070
+#define B12_22 0.09351590770535414968
+#define B12_23 0.00610700528898058230
+#define B12_30 -2.0861320e-13
+#define B12_31 -0.13181061013830184015
+#define B12_32 -0.02027855540589259079
+#define B12_33 -0.00675951846863086359
+
+// Degree 18 (ibid., Table 5): B_i = sum_j b18[i][j] {I, A, A^2, A^3, A^6}_j,
+// A9 = B0 B4 + B3, T18 = B1 + (B2 + A9) A9.
+#define B18_00 0.0
+#define B18_01 -1.00365581030144618291e-01
+#define B18_02 -8.02924648241156932449e-03
+#define B18_03 -8.92138498045729985177e-04
+#define B18_04 0.0
+#define B18_10 0.0
+#define B18_11 3.97849749499645077844e-01
+#define B18_12 1.36783778460411720168e+00
+#define B18_13 4.98289622525382669416e-01
+#define B18_14 -6.37898194594723280150e-04
+#define B18_20 -1.09676396052962061844e+01
+#define B18_21 1.68015813878906206114e+00
+#define B18_22 5.71779846478865511061e-02
+#define B18_23 -6.98210122488052056106e-03
+#define B18_24 3.34975017086070470649e-05
+#define B18_30 -9.04316832390810593223e-02
+#define B18_31 -6.76404519071381882256e-02
+#define B18_32 6.75961301770459654925e-02
+#define B18_33 2.95552570429315521194e-02
+#define B18_34 -1.39180257516060693404e-05
+#define B18_40 0.0
+#define B18_41 0.0
+#define B18_42 -9.23364619367118555360e-02
+#define B18_43 -1.69364939002081722752e-02
+#define B18_44 -1.40086798182036094347e-05
+
+// Left and right operands of every product step, as coefficients of the
+// slots I, A, P2, P3, P4, P5 (a step only reads slots made before it).
+EXPM_TABLE EXPM_REAL kStepLeft[kNumSteps][kMaxSlots] = {
+    // degree 2: A^2
+    {0, 1},
+    // degree 4: A^2, A^2 (I/2 + A/6 + A^2/24)
+    {0, 1},
+    {0, 0, 1},
+    // degree 8: A^2, A4 = A^2 (x1 A + x2 A^2),
+    //           A8 = (x3 A^2 + A4)(x4 I + x5 A + x6 A^2 + x7 A4)
+    {0, 1},
+    {0, 0, 1},
+    {0, 0, EXPM_X3, 1},
+    // degree 12: A^2, A^3, B3 B3, (B1 + A6) A6 with A6 = B2 + B3 B3
+    {0, 1},
+    {0, 0, 1},
+    {B12_30, B12_31, B12_32, B12_33},
+    {B12_10 + B12_20, B12_11 + B12_21, B12_12 + B12_22, B12_13 + B12_23, 1},
+    // degree 18: A^2, A^3, A^6, B0 B4, (B2 + A9) A9 with A9 = B0 B4 + B3
+    {0, 1},
+    {0, 0, 1},
+    {0, 0, 0, 1},
+    {B18_00, B18_01, B18_02, B18_03, B18_04},
+    {B18_20 + B18_30,
+     B18_21 + B18_31,
+     B18_22 + B18_32,
+     B18_23 + B18_33,
+     B18_24 + B18_34,
+     1}};
+
+EXPM_TABLE EXPM_REAL kStepRight[kNumSteps][kMaxSlots] = {
+    {0, 1},
+    {0, 1},
+    {0.5, 1.0 / 6.0, 1.0 / 24.0},
+    {0, 1},
+    {0, EXPM_X1, EXPM_X2},
+    {EXPM_X4, EXPM_X5, EXPM_X6, EXPM_X7},
+    {0, 1},
+    {0, 1},
+    {B12_30, B12_31, B12_32, B12_33},
+    {B12_20, B12_21, B12_22, B12_23, 1},
+    {0, 1},
+    {0, 1},
+    {0, 0, 0, 1},
+    {B18_40, B18_41, B18_42, B18_43, B18_44},
+    {B18_30, B18_31, B18_32, B18_33, B18_34, 1}};
+
+// The approximant of each degree as a combination of its slots.
+EXPM_TABLE EXPM_REAL kFinal[kNumDegrees][kMaxSlots] = {
+    {1, 1},
+    {1, 1, 0.5},
+    {1, 1, 0, 1},
+    {1, 1, EXPM_Y2, 0, 1},
+    {B12_00, B12_01, B12_02, B12_03, 0, 1},
+    {B18_10, B18_11, B18_12, B18_13, B18_14, 0, 1}};
+
+#undef EXPM_SQRT177
+#undef EXPM_X1
+#undef EXPM_X2
+#undef EXPM_X3
+#undef EXPM_X4
+#undef EXPM_X5
+#undef EXPM_X6
+#undef EXPM_X7
+#undef EXPM_Y2
+#undef B12_00
+#undef B12_01
+#undef B12_02
+#undef B12_03
+#undef B12_10
+#undef B12_11
+#undef B12_12
+#undef B12_13
+#undef B12_20
+#undef B12_21
+#undef B12_22
+#undef B12_23
+#undef B12_30
+#undef B12_31
+#undef B12_32
+#undef B12_33
+#undef B18_00
+#undef B18_01
+#undef B18_02
+#undef B18_03
+#undef B18_04
+#undef B18_10
+#undef B18_11
+#undef B18_12
+#undef B18_13
+#undef B18_14
+#undef B18_20
+#undef B18_21
+#undef B18_22
+#undef B18_23
+#undef B18_24
+#undef B18_30
+#undef B18_31
+#undef B18_32
+#undef B18_33
+#undef B18_34
+#undef B18_40
+#undef B18_41
+#undef B18_42
+#undef B18_43
+#undef B18_44
+
+// Number of slots a degree uses: I, A and its products.
+EXPM_FN int num_slots(int degree_index) {
+  return 2 + kNumProducts[degree_index];
+}
+
+// The cheapest degree whose threshold bounds the 1-norm; the last degree for
+// larger norms (and for NaN, which compares false everywhere).
+template <typename Real>
+EXPM_FN int choose_degree(Real norm, int precision) {
+  for (int d = 0; d < kLastDegree; ++d) {
+    if (norm <= Real(kTheta[precision][d])) {
+      return d;
+    }
+  }
+  return kLastDegree;
+}
+
+// s = max(0, ceil(log2(norm / theta_18))): the number of squarings that brings
+// the norm under the degree-18 threshold. Halving is exact, so no log2
+// rounding can pick a wrong s. NaN gives 0; +Inf stops at the bound.
+template <typename Real>
+EXPM_FN int square_steps(Real norm, int precision) {
+  Real theta = Real(kTheta[precision][kLastDegree]);
+  int s = 0;
+  int bound = precision == kSingle ? kMaxSquaringsSingle : kMaxSquaringsDouble;
+  while (norm > theta && s < bound) {
+    norm *= Real(0.5);
+    ++s;
+  }
+  return s;
+}
+
+} // namespace expm
