@@ -1,4 +1,5 @@
-// Numerics of the matrix exponential, shared by every backend (CPU, CUDA, Metal).
+// Numerics of the matrix exponential, shared by every backend (CPU, CUDA,
+// Metal).
 //
 // Method: Bader, Blanes & Casas (2019), "Computing the Matrix Exponential with
 // an Optimized Taylor Polynomial Approximation", Mathematics 7(12):1174.
@@ -82,8 +83,7 @@ EXPM_TABLE EXPM_REAL kTheta[2][kNumDegrees] = {
 #define EXPM_X4 ((-271.0 + 29.0 * EXPM_SQRT177) / (315.0 * (2.0 / 3.0)))
 #define EXPM_X5 ((-11.0 + 11.0 * EXPM_SQRT177) / (1260.0 * (2.0 / 3.0)))
 #define EXPM_X6 ((-99.0 + 11.0 * EXPM_SQRT177) / (5040.0 * (2.0 / 3.0)))
-#define EXPM_X7 \
-  ((89.0 - EXPM_SQRT177) / (5040.0 * (2.0 / 3.0) * (2.0 / 3.0)))
+#define EXPM_X7 ((89.0 - EXPM_SQRT177) / (5040.0 * (2.0 / 3.0) * (2.0 / 3.0)))
 #define EXPM_Y2 ((857.0 - 58.0 * EXPM_SQRT177) / 630.0)
 
 // Degree 12 (ibid., Table 4): B_i = sum_j b12[i][j] {I, A, A^2, A^3}_j,

@@ -92,8 +92,7 @@ mx::array block_lower(
     const mx::array& bottom_left,
     const mx::array& bottom_right,
     mx::Stream s) {
-  auto top =
-      mx::concatenate({top_left, mx::zeros_like(top_left, s)}, -1, s);
+  auto top = mx::concatenate({top_left, mx::zeros_like(top_left, s)}, -1, s);
   auto bottom = mx::concatenate({bottom_left, bottom_right}, -1, s);
   return mx::concatenate({top, bottom}, -2, s);
 }
@@ -113,7 +112,7 @@ mx::array block(const mx::array& m, int r, int c, int n, mx::Stream s) {
 mx::array adjoint(const mx::array& a, mx::Stream s) {
   auto t = mx::swapaxes(a, -1, -2, s);
   return mx::issubdtype(a.dtype(), mx::complexfloating) ? mx::conjugate(t, s)
-                                                         : t;
+                                                        : t;
 }
 
 } // namespace
@@ -143,8 +142,9 @@ expm_frechet(const mx::array& a, const mx::array& e, mx::StreamOrDevice s_) {
   check_square(e, op, "e");
   if (a.shape(-1) != e.shape(-1)) {
     throw std::invalid_argument(
-        std::string("[expm_frechet] a and e must hold matrices of the same "
-                    "size, got shapes ") +
+        std::string(
+            "[expm_frechet] a and e must hold matrices of the same "
+            "size, got shapes ") +
         shape_str(a) + " and " + shape_str(e) + ".");
   }
   auto promoted = mx::promote_types(a.dtype(), e.dtype());
@@ -246,8 +246,7 @@ std::vector<mx::array> ExpmFrechet::vjp(
   std::vector<mx::array> grads;
   for (int arg : argnums) {
     if (arg == 0) {
-      grads.push_back(
-          mx::add(block(w, 0, 0, n, s), block(w, 1, 1, n, s), s));
+      grads.push_back(mx::add(block(w, 0, 0, n, s), block(w, 1, 1, n, s), s));
     } else {
       grads.push_back(block(w, 0, 1, n, s));
     }

@@ -5,6 +5,7 @@
 #include <complex>
 #include <cstring>
 #include <limits>
+#include <memory>
 #include <thread>
 #include <vector>
 
@@ -56,6 +57,24 @@ double one_norm(const T* a, int n) {
   return norm;
 }
 
+// Scratch memory of the calling thread, kept between calls up to 64 MiB:
+// fresh pages cost a page fault each, as much as the products at n ~ 1000.
+// Larger scratch is owned by its caller and freed after the batch.
+char* thread_scratch(size_t bytes, std::unique_ptr<char[]>& owned) {
+  constexpr size_t kKeepBytes = size_t(64) << 20;
+  thread_local std::unique_ptr<char[]> kept;
+  thread_local size_t kept_bytes = 0;
+  if (bytes > kKeepBytes) {
+    owned.reset(new char[bytes]);
+    return owned.get();
+  }
+  if (kept_bytes < bytes) {
+    kept.reset(new char[bytes]);
+    kept_bytes = bytes;
+  }
+  return kept.get();
+}
+
 // Evaluates exp(A) and, when asked, L(A, E) for one n x n matrix at a time,
 // reusing its buffers across the matrices of a batch.
 template <typename T>
@@ -65,9 +84,10 @@ class Evaluator {
  public:
   Evaluator(int n, bool with_frechet)
       : n_(n), nn_(size_t(n) * n), with_frechet_(with_frechet) {
-    // Slots 2..6, two operands, two squaring buffers; doubled for the
-    // derivative, plus the scaled A and E.
-    buffer_.resize(nn_ * (with_frechet ? 20 : 10));
+    // Scaled A, five products, two operands (reused as the squaring
+    // ping-pong); the same again for the derivative.
+    size_t count = nn_ * (with_frechet ? 16 : 8);
+    scratch_ = reinterpret_cast<T*>(thread_scratch(count * sizeof(T), owned_));
   }
 
   void run(const T* a, const T* e, T* out_x, T* out_l) {
@@ -84,7 +104,7 @@ class Evaluator {
     int d = expm::choose_degree(norm, precision);
     int s = d == expm::kLastDegree ? expm::square_steps(norm, precision) : 0;
 
-    T* free = buffer_.data();
+    T* free = scratch_;
     auto take = [&]() {
       T* p = free;
       free += nn_;
@@ -92,9 +112,9 @@ class Evaluator {
     };
     const T* slot[expm::kMaxSlots] = {};
     const T* dslot[expm::kMaxSlots] = {};
-    slot[1] = scaled(a, s, take);
+    slot[1] = scaled(a, s, take());
     if (with_frechet_) {
-      dslot[1] = scaled(e, s, take);
+      dslot[1] = scaled(e, s, take());
     }
     T* left = take();
     T* right = take();
@@ -111,8 +131,10 @@ class Evaluator {
       slot[2 + k] = p;
       if (with_frechet_) {
         // d(LR) = dL R + L dR; the identity slot has no derivative.
-        const T* dl = combine(expm::kStepLeft[step], count, dslot, false, dleft);
-        const T* dr = combine(expm::kStepRight[step], count, dslot, false, dright);
+        const T* dl =
+            combine(expm::kStepLeft[step], count, dslot, false, dleft);
+        const T* dr =
+            combine(expm::kStepRight[step], count, dslot, false, dright);
         T* dp = take();
         gemm(n_, dl, r, dp);
         gemm(n_, l, dr, dp, /* accumulate= */ true);
@@ -121,12 +143,9 @@ class Evaluator {
     }
 
     // The approximant, then s squarings; the last one lands in the output.
-    T* sq[2] = {take(), take()};
-    T* dsq[2] = {};
-    if (with_frechet_) {
-      dsq[0] = take();
-      dsq[1] = take();
-    }
+    // The operand buffers are free now and serve as ping-pong buffers.
+    T* sq[2] = {left, right};
+    T* dsq[2] = {dleft, dright};
     int count = expm::num_slots(d);
     T* x = s == 0 ? out_x : sq[0];
     T* dx = s == 0 ? out_l : dsq[0];
@@ -154,13 +173,11 @@ class Evaluator {
     return T(std::numeric_limits<Real>::quiet_NaN());
   }
 
-  // a * 2^-s (exact); a itself when s = 0.
-  template <typename Take>
-  const T* scaled(const T* a, int s, Take& take) {
+  // a * 2^-s (exact) in p; a itself when s = 0.
+  const T* scaled(const T* a, int s, T* p) const {
     if (s == 0) {
       return a;
     }
-    T* p = take();
     Real f = Real(std::ldexp(1.0, -s));
     for (size_t i = 0; i < nn_; ++i) {
       p[i] = a[i] * f;
@@ -172,7 +189,10 @@ class Evaluator {
   // `identity` (the primal list) and has no part otherwise (the derivative's
   // list). A lone slot with coefficient 1 is used in place, without a copy.
   const T* combine(
-      const EXPM_REAL* c, int count, const T* const* slot, bool identity,
+      const EXPM_REAL* c,
+      int count,
+      const T* const* slot,
+      bool identity,
       T* scratch) const {
     int lone = -1;
     for (int j = identity ? 0 : 1; j < count; ++j) {
@@ -192,7 +212,10 @@ class Evaluator {
   }
 
   void combine_into(
-      const EXPM_REAL* c, int count, const T* const* slot, bool identity,
+      const EXPM_REAL* c,
+      int count,
+      const T* const* slot,
+      bool identity,
       T* dst) const {
     std::fill(dst, dst + nn_, T(0));
     for (int j = 1; j < count; ++j) {
@@ -214,7 +237,8 @@ class Evaluator {
   int n_;
   size_t nn_;
   bool with_frechet_;
-  std::vector<T> buffer_;
+  std::unique_ptr<char[]> owned_;
+  T* scratch_;
 };
 
 // Runs body(begin, end, worker) over [0, count) on up to hardware_concurrency
@@ -244,7 +268,10 @@ void parallel_for(int64_t count, double flops_per_item, Body body) {
 
 template <typename T>
 void expm_batch(
-    const mx::array& a, const mx::array* e, mx::array& x, mx::array* l) {
+    const mx::array& a,
+    const mx::array* e,
+    mx::array& x,
+    mx::array* l) {
   int n = a.shape(-1);
   size_t nn = size_t(n) * n;
   int64_t batch = a.size() / nn;
@@ -252,15 +279,17 @@ void expm_batch(
   const T* pe = e ? reinterpret_cast<const T*>(e->data<void>()) : nullptr;
   T* px = reinterpret_cast<T*>(x.data<void>());
   T* pl = l ? reinterpret_cast<T*>(l->data<void>()) : nullptr;
-  // Large matrices go to BLAS, which threads each product itself; small ones
-  // are spread over the batch.
+  // Products from BLAS run on this thread only: OpenBLAS threads a product
+  // itself, and concurrent callers contend for its workers (measured: 100x
+  // slower at n = 128). The tiny direct-loop sizes spread over the batch.
   bool blas = n >= cpu::kBlasMinSize;
-  double flops = blas ? 0.0 : 2.0 * 8 * double(nn) * n * (e ? 3 : 1);
+  double flops = blas ? 0.0 : 2.0 * 8 * double(nn) * n * (e ? 3 : 1) + 1e3;
   parallel_for(batch, flops, [&](int64_t begin, int64_t end, int) {
     Evaluator<T> ev(n, e != nullptr);
     for (int64_t b = begin; b < end; ++b) {
       size_t off = size_t(b) * nn;
-      ev.run(pa + off, pe ? pe + off : nullptr, px + off, pl ? pl + off : nullptr);
+      ev.run(
+          pa + off, pe ? pe + off : nullptr, px + off, pl ? pl + off : nullptr);
     }
   });
 }

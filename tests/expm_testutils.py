@@ -1,0 +1,192 @@
+"""Reference helpers shared by the tests (no fixtures here, see conftest.py).
+
+All references are computed independently of the package under test:
+SciPy in float64/complex128, mpmath at high precision, truncated Taylor series
+in float64 for tiny norms, or closed forms written in the tests themselves.
+"""
+
+import mlx.core as mx
+import numpy as np
+import pytest
+import scipy.linalg as sla
+
+U32 = 2.0**-24  # unit roundoff of float32 (and complex64)
+U64 = 2.0**-53  # unit roundoff of float64
+
+# Degree thresholds on the 1-norm (Bader, Blanes & Casas 2019), as documented
+# in csrc/expm_numerics.h: degrees 1, 2, 4, 8, 12, 18, then scaling and squaring.
+THETA32 = [
+    1.192092800768788e-07,
+    5.978858893805233e-04,
+    5.116619363445086e-02,
+    5.800524627688768e-01,
+    1.461661507209034e00,
+    3.010066362817634e00,
+]
+THETA64 = [
+    2.220446049250313e-16,
+    2.580956802971767e-08,
+    3.397168839976962e-04,
+    4.991228871115323e-02,
+    2.996158913811580e-01,
+    1.090863719290036e00,
+]
+
+# Normwise relative error bounds, scaled by max(1, ||A||_1) because the
+# condition number of exp grows with the norm and the rounding of A itself is
+# relative to it. Measured on this machine (CPU): float32 at most ~3 u, float64
+# at most ~35 u (at ||A||_1 = 1e3) times max(1, ||A||_1).
+TOL32 = 24 * U32  # ~1.4e-6
+TOL64 = 4e-14  # ~360 u; at ||A||_1 <= 3 we measured <= 5e-16
+
+MX_DTYPES = {
+    "float32": mx.float32,
+    "float64": mx.float64,
+    "complex64": mx.complex64,
+    "float16": mx.float16,
+    "bfloat16": mx.bfloat16,
+}
+
+
+def tol_for(dtype, norm=1.0):
+    """The normwise relative error bound for a matrix of 1-norm ``norm``."""
+    base = TOL64 if dtype in (mx.float64, np.float64, "float64") else TOL32
+    return base * max(1.0, float(norm))
+
+
+def skip_f64_on_gpu(device, dtype):
+    if device == mx.gpu and dtype in (mx.float64, np.float64, "float64"):
+        pytest.skip("float64 is CPU-only in MLX")
+
+
+def to_mx(a, dtype):
+    """An mx.array of ``dtype`` holding ``a`` (numpy)."""
+    a = np.asarray(a)
+    if dtype == mx.float64:
+        return mx.array(a.astype(np.float64), dtype=mx.float64)
+    if dtype == mx.complex64:
+        return mx.array(a.astype(np.complex64))
+    return mx.array(a.astype(np.float32)).astype(dtype)
+
+
+def to_np(x):
+    """float64 / complex128 numpy copy of an mx.array (any dtype)."""
+    if x.dtype in (mx.float16, mx.bfloat16):
+        x = x.astype(mx.float32)
+    out = np.array(x)
+    return out.astype(np.complex128 if np.iscomplexobj(out) else np.float64)
+
+
+def rounded(a, dtype):
+    """``a`` rounded to ``dtype`` and back to float64/complex128: the exact input
+    the op sees, so references are not charged with the input rounding."""
+    return to_np(to_mx(a, dtype))
+
+
+def expm_ref(a):
+    """scipy.linalg.expm in float64/complex128 of each matrix of a batch."""
+    a = np.asarray(a)
+    a = a.astype(np.complex128 if np.iscomplexobj(a) else np.float64)
+    out = np.empty_like(a)
+    for idx in np.ndindex(a.shape[:-2]):
+        out[idx] = sla.expm(a[idx])
+    return out
+
+
+def frechet_ref(a, e):
+    """scipy.linalg.expm_frechet per matrix; a and e must have equal shapes."""
+    cplx = np.iscomplexobj(a) or np.iscomplexobj(e)
+    dt = np.complex128 if cplx else np.float64
+    a = np.asarray(a, dtype=dt)
+    e = np.asarray(e, dtype=dt)
+    x = np.empty_like(a)
+    lx = np.empty_like(a)
+    for idx in np.ndindex(a.shape[:-2]):
+        x[idx], lx[idx] = sla.expm_frechet(a[idx], e[idx])
+    return x, lx
+
+
+def taylor_expm1(a, terms=40):
+    """exp(a) - I by its Taylor series in float64: accurate for tiny norms,
+    where exp(a) - I cannot be recovered from exp(a) itself."""
+    a = np.asarray(a)
+    term = a.copy()
+    total = a.copy()
+    for k in range(2, terms):
+        term = term @ a / k
+        total = total + term
+    return total
+
+
+def onenorm(a):
+    """The 1-norm (largest column sum) of each matrix of a batch."""
+    return np.abs(np.asarray(a)).sum(axis=-2).max(axis=-1)
+
+
+def relerr(x, r):
+    """Normwise (Frobenius) relative error of each matrix of a batch."""
+    num = np.linalg.norm(np.asarray(x) - r, axis=(-2, -1))
+    den = np.linalg.norm(r, axis=(-2, -1))
+    return num / den
+
+
+def offdiag_relerr(x, r):
+    """Relative error on the off-diagonal entries only. For tiny norms those
+    carry A, A^2/2, ... at full precision, while the diagonal rounds to 1, so
+    this metric sees a wrong low-order coefficient that relerr cannot."""
+    n = r.shape[-1]
+    mask = ~np.eye(n, dtype=bool)
+    d = (np.asarray(x) - r)[..., mask]
+    return np.linalg.norm(d, axis=-1) / np.linalg.norm(r[..., mask], axis=-1)
+
+
+def matrix_with_norm(rng, n, norm, kind="gauss", complex_=False):
+    """An n x n matrix of 1-norm exactly ``norm`` (up to rounding).
+
+    kind="gauss": i.i.d. normal entries (only sensible up to norm ~5, beyond
+        which exp(A) may overflow).
+    kind="dissipative": a large skew-symmetric (skew-Hermitian) part of the
+        requested norm plus a negative semidefinite part of norm ~1, so that
+        ||exp(A)||_2 <= 1 and exp(A) stays of order one at any norm: the way
+        to reach the scaling-and-squaring regime without overflow.
+    """
+
+    def draw():
+        g = rng.standard_normal((n, n))
+        if complex_:
+            g = g + 1j * rng.standard_normal((n, n))
+        return g
+
+    if kind == "gauss":
+        a = draw()
+    elif kind == "dissipative":
+        k = draw()
+        k = k - k.conj().T
+        k *= norm / max(onenorm(k), 1e-300)
+        b = draw()
+        s = b @ b.conj().T
+        a = k - s / onenorm(s)
+    else:
+        raise ValueError(kind)
+    return a * (norm / onenorm(a))
+
+
+def assert_relerr(x, r, tol, what=""):
+    """Every matrix of the batch x within normwise relative error tol of r."""
+    err = np.atleast_1d(relerr(x, r))
+    tol = np.broadcast_to(np.asarray(tol, dtype=float), err.shape)
+    bad = np.nonzero(~(err <= tol))[0]
+    assert bad.size == 0, (
+        f"{what}: normwise relative error {err[bad]} exceeds {tol[bad]} "
+        f"(batch elements {bad.tolist()})"
+    )
+
+
+def assert_offdiag_relerr(x, r, tol, what=""):
+    err = np.atleast_1d(offdiag_relerr(x, r))
+    tol = np.broadcast_to(np.asarray(tol, dtype=float), err.shape)
+    bad = np.nonzero(~(err <= tol))[0]
+    assert bad.size == 0, (
+        f"{what}: off-diagonal relative error {err[bad]} exceeds {tol[bad]} "
+        f"(batch elements {bad.tolist()})"
+    )
