@@ -127,9 +127,6 @@ mx::array matrix_exp(const mx::array& a, mx::StreamOrDevice s_) {
   if (x.size() == 0) {
     return mx::astype(x, out_dtype, s);
   }
-  if (x.shape(-1) == 1) {
-    return mx::astype(mx::exp(x, s), out_dtype, s);
-  }
   x = mx::contiguous(x, false, s);
   auto out = mx::array(x.shape(), dtype, std::make_shared<MatrixExp>(s), {x});
   return mx::astype(out, out_dtype, s);
@@ -157,12 +154,6 @@ expm_frechet(const mx::array& a, const mx::array& e, mx::StreamOrDevice s_) {
   auto& y = inputs[1];
   if (x.size() == 0) {
     return {mx::astype(x, out_dtype, s), mx::astype(y, out_dtype, s)};
-  }
-  if (x.shape(-1) == 1) {
-    auto ex = mx::exp(x, s);
-    return {
-        mx::astype(ex, out_dtype, s),
-        mx::astype(mx::multiply(ex, y, s), out_dtype, s)};
   }
   x = mx::contiguous(x, false, s);
   y = mx::contiguous(y, false, s);

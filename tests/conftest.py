@@ -15,6 +15,7 @@ settings.register_profile(
     deadline=None,
     max_examples=30,
     derandomize=True,
+    database=None,
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
 )
 settings.load_profile("mlx_linalg_ext")
@@ -26,12 +27,28 @@ if mx.is_available(mx.gpu):
 
 @pytest.fixture(params=_DEVICES)
 def device(request):
-    """The device (mx.cpu or mx.gpu) a test runs the ops on."""
-    return request.param
+    """The device (mx.cpu or mx.gpu) a test runs the ops on. It is also the
+    default device while the test runs, so that the surrounding MLX ops (and
+    the ones the transforms add, e.g. grad's seed) stay on it: float64 tests
+    on the CPU must not touch the GPU."""
+    with mx.stream(request.param):
+        yield request.param
+
+
+@pytest.fixture(autouse=True)
+def _cpu_unless_device(request):
+    """Tests without the device fixture run everything on the CPU."""
+    if "device" in request.fixturenames:
+        yield
+    else:
+        with mx.stream(mx.cpu):
+            yield
 
 
 @pytest.fixture
 def rng(request):
-    """A numpy generator seeded from the test's id: deterministic per test."""
-    seed = sum(ord(c) * (i + 1) for i, c in enumerate(request.node.nodeid))
+    """A numpy generator seeded from the test's id: deterministic per test, and
+    the same matrices on the CPU and the GPU."""
+    nodeid = request.node.nodeid.replace("[gpu", "[cpu")
+    seed = sum(ord(c) * (i + 1) for i, c in enumerate(nodeid))
     return np.random.default_rng(seed % (2**32))

@@ -1,8 +1,10 @@
 """Forward values of matrix_exp against independent references.
 
-References: SciPy's expm in float64/complex128 (on the exactly rounded input),
-mpmath.expm at 50 digits, a float64 Taylor series of exp(A) - I for tiny norms,
-closed forms and identities.
+References: SciPy's expm in float64/complex128 (on the exactly rounded input)
+for float32/complex64, mpmath.expm at 32 or 50 digits for float64 (SciPy's own
+error, up to ~2e3 u, would hide a float64 bug), a float64 Taylor series of
+exp(A) - I for tiny norms (where only the off-diagonal entries carry the
+low-order terms), closed forms and identities.
 """
 
 import mlx.core as mx
@@ -16,6 +18,7 @@ from expm_testutils import (
     U32,
     assert_offdiag_relerr,
     assert_relerr,
+    expm_mp,
     expm_ref,
     frechet_ref,
     matrix_with_norm,
@@ -42,9 +45,10 @@ def _band_norms(thetas):
 
 
 def _check_against_refs(x, a, dtype, what):
-    """Each matrix of x = exp(a) within tolerance of SciPy and, for tiny norms,
-    its off-diagonal part within tolerance of the Taylor series."""
-    r = expm_ref(a)
+    """Each matrix of x = exp(a) within tolerance of SciPy (float32/complex64)
+    or 32-digit mpmath (float64) and, for tiny norms, its off-diagonal part
+    within tolerance of the Taylor series."""
+    r = expm_mp(a) if dtype == mx.float64 else expm_ref(a)
     norms = np.atleast_1d(onenorm(a)).ravel()
     tols = np.array([tol_for(dtype, nu) for nu in norms])
     n = x.shape[-1]
@@ -57,28 +61,38 @@ def _check_against_refs(x, a, dtype, what):
         assert_offdiag_relerr(x2, ref, tols[small], what + " (off-diagonal)")
 
 
-@pytest.mark.parametrize("kind", ["gauss", "dissipative"])
-@pytest.mark.parametrize("norm", _band_norms(THETA32), ids=lambda v: f"{v:.3g}")
+def _band_case(device, rng, norm, kind, dtype):
+    # n < 4 and n >= 4 take different product paths on the CPU.
+    for n in (2, 3, 6, 9):
+        a = np.stack([matrix_with_norm(rng, n, norm, kind) for _ in range(3)])
+        a = rounded(a, dtype)
+        x = to_np(mle.matrix_exp(to_mx(a, dtype), stream=device))
+        _check_against_refs(x, a, dtype, f"{dtype} n={n} norm {norm:.3g} {kind}")
+
+
+KINDS = ["gauss", "stochastic", "neg_stochastic", "dissipative"]
+
+
+def _band_params(norms):
+    # Only dissipative matrices beyond norm 4, where exp of the others may
+    # overflow.
+    return [
+        pytest.param(nu, kind, id=f"{nu:.3g}-{kind}")
+        for nu in norms
+        for kind in KINDS
+        if kind == "dissipative" or nu <= 4
+    ]
+
+
+@pytest.mark.parametrize("norm,kind", _band_params(_band_norms(THETA32)))
 def test_degree_bands_float32(device, rng, norm, kind):
-    if kind == "gauss" and norm > 4:
-        pytest.skip("exp of a random matrix of that norm may overflow")
-    a = np.stack([matrix_with_norm(rng, 6, norm, kind) for _ in range(3)])
-    a = rounded(a, mx.float32)
-    x = to_np(mle.matrix_exp(to_mx(a, mx.float32), stream=device))
-    _check_against_refs(x, a, mx.float32, f"float32 norm {norm:.3g}")
+    _band_case(device, rng, norm, kind, mx.float32)
 
 
-@pytest.mark.parametrize("kind", ["gauss", "dissipative"])
-@pytest.mark.parametrize(
-    "norm", [1e-17, *_band_norms(THETA64)], ids=lambda v: f"{v:.3g}"
-)
+@pytest.mark.parametrize("norm,kind", _band_params([1e-17, *_band_norms(THETA64)]))
 def test_degree_bands_float64(device, rng, norm, kind):
     skip_f64_on_gpu(device, mx.float64)
-    if kind == "gauss" and norm > 4:
-        pytest.skip("exp of a random matrix of that norm may overflow")
-    a = np.stack([matrix_with_norm(rng, 6, norm, kind) for _ in range(3)])
-    x = to_np(mle.matrix_exp(to_mx(a, mx.float64), stream=device))
-    _check_against_refs(x, a, mx.float64, f"float64 norm {norm:.3g}")
+    _band_case(device, rng, norm, kind, mx.float64)
 
 
 @pytest.mark.parametrize("norm", [1e-9, 3e-4, 0.03, 0.4, 1.2, 2.5, 7.0, 60.0])
@@ -141,8 +155,24 @@ def test_diagonal(device, rng, dtype):
     # A diagonal matrix stays diagonal: off-diagonal entries exactly zero.
     off = ~np.eye(7, dtype=bool)
     assert np.all(x[:, off] == 0)
-    rtol = 8 * 60 * U32 if dtype != mx.float64 else 1e-12
-    np.testing.assert_allclose(x[:, idx, idx], expected[:, idx, idx], rtol=rtol)
+    tols = [tol_for(dtype, nu) for nu in onenorm(a)]
+    assert_relerr(x, expected, tols, "diagonal")
+
+
+@pytest.mark.parametrize("dtype", [mx.float32, mx.float64, mx.complex64], ids=str)
+@pytest.mark.parametrize("x", [-10.0, -5.0, -2.9, -2.5, -1.0, 1.0, 2.9, 5.0])
+def test_scalar_multiple_of_identity(device, dtype, x):
+    """exp(x I) = e^x I. The relative condition number of exp here is |x|, so
+    the bound is the usual tol_for(dtype, |x|) (24 u |x| in float32). It is
+    attainable: SciPy's float32 expm is within 2.3 u at x = -10, and this op
+    applied to A - mu I with mu = tr(A)/n (the trace shift of Higham 2005)
+    stays within 1.7 u ||A||_1 on the 2 x 2 negative stochastic matrices where
+    the op alone reaches 130 u ||A||_1 (test_degree_bands_float32)."""
+    skip_f64_on_gpu(device, dtype)
+    n = 3
+    a = x * np.eye(n)
+    got = to_np(mle.matrix_exp(to_mx(a, dtype), stream=device))
+    assert_relerr(got, np.exp(x) * np.eye(n), tol_for(dtype, abs(x)), f"exp({x} I)")
 
 
 @pytest.mark.parametrize("dtype", [mx.float32, mx.float64], ids=str)
@@ -218,10 +248,8 @@ def test_complex_diagonal_phases(device):
 # --- classic test matrices vs mpmath ----------------------------------------
 
 
-def _mp_expm(a, dps=50):
-    with mpmath.workdps(dps):
-        r = mpmath.expm(mpmath.matrix(np.asarray(a).tolist()))
-        return np.array(r.tolist(), dtype=np.complex128).real.astype(np.float64)
+def _mp_expm(a):
+    return expm_mp(a, dps=50)
 
 
 def _ward4():

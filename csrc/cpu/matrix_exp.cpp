@@ -39,22 +39,44 @@ constexpr int precision_of() {
   return std::is_same_v<T, double> ? expm::kDouble : expm::kSingle;
 }
 
-// The 1-norm (largest column sum of |a_ij|), accumulated in double so that a
-// large finite matrix does not overflow to Inf.
+// The 1-norms (largest column sum of |a_ij|) of A and of A - mu I,
+// accumulated in double so that a large finite matrix does not overflow.
 template <typename T>
-double one_norm(const T* a, int n) {
-  std::vector<double> col(n, 0.0);
+std::pair<double, double> one_norms(const T* a, int n, T mu) {
+  std::vector<double> col(n, 0.0), col_shifted(n, 0.0);
   for (int i = 0; i < n; ++i) {
     for (int j = 0; j < n; ++j) {
-      col[j] += std::abs(a[size_t(i) * n + j]);
+      T aij = a[size_t(i) * n + j];
+      col[j] += std::abs(aij);
+      col_shifted[j] += std::abs(i == j ? aij - mu : aij);
     }
   }
-  double norm = 0.0;
-  for (int j = 0; j < n; ++j) {
-    // std::max would drop a NaN column sum.
-    norm = (col[j] > norm || std::isnan(col[j])) ? col[j] : norm;
+  // A NaN column sum must win, which std::max does not ensure.
+  auto largest = [](const std::vector<double>& v) {
+    double m = 0.0;
+    for (double x : v) {
+      m = (x > m || std::isnan(x)) ? x : m;
+    }
+    return m;
+  };
+  return {largest(col), largest(col_shifted)};
+}
+
+template <typename T>
+T mean_diagonal(const T* a, int n) {
+  T sum(0);
+  for (int i = 0; i < n; ++i) {
+    sum += a[size_t(i) * n + i];
   }
-  return norm;
+  return sum / typename RealOf<T>::type(n);
+}
+
+// e^mu in double precision.
+inline double exp_of(double mu) {
+  return std::exp(mu);
+}
+inline std::complex<double> exp_of(complex64 mu) {
+  return std::exp(std::complex<double>(mu));
 }
 
 // Scratch memory of the calling thread, kept between calls up to 64 MiB:
@@ -91,7 +113,8 @@ class Evaluator {
   }
 
   void run(const T* a, const T* e, T* out_x, T* out_l) {
-    double norm = one_norm(a, n_);
+    T mu = mean_diagonal(a, n_);
+    auto [norm, shifted_norm] = one_norms(a, n_, mu);
     if (!std::isfinite(norm)) {
       // NaN/Inf stay in their own matrix.
       std::fill(out_x, out_x + nn_, nan());
@@ -99,6 +122,12 @@ class Evaluator {
         std::fill(out_l, out_l + nn_, nan());
       }
       return;
+    }
+    bool shift = expm::use_trace_shift(norm, shifted_norm);
+    if (shift) {
+      norm = shifted_norm;
+    } else {
+      mu = T(0);
     }
     constexpr int precision = precision_of<T>();
     int d = expm::choose_degree(norm, precision);
@@ -112,9 +141,9 @@ class Evaluator {
     };
     const T* slot[expm::kMaxSlots] = {};
     const T* dslot[expm::kMaxSlots] = {};
-    slot[1] = scaled(a, s, take());
+    slot[1] = scaled(a, mu, s, take());
     if (with_frechet_) {
-      dslot[1] = scaled(e, s, take());
+      dslot[1] = scaled(e, T(0), s, take());
     }
     T* left = take();
     T* right = take();
@@ -153,6 +182,15 @@ class Evaluator {
     if (with_frechet_) {
       combine_into(expm::kFinal[d], count, dslot, false, dx);
     }
+    if (shift) {
+      // e^(mu 2^-s) before the squarings rather than e^mu after them: the
+      // squarings then never leave the range of the result itself.
+      auto factor = exp_of(mu * Real(std::ldexp(1.0, -s)));
+      rescale(x, factor);
+      if (with_frechet_) {
+        rescale(dx, factor);
+      }
+    }
     for (int i = 0; i < s; ++i) {
       bool last = i == s - 1;
       T* y = last ? out_x : sq[(i + 1) % 2];
@@ -173,16 +211,28 @@ class Evaluator {
     return T(std::numeric_limits<Real>::quiet_NaN());
   }
 
-  // a * 2^-s (exact) in p; a itself when s = 0.
-  const T* scaled(const T* a, int s, T* p) const {
-    if (s == 0) {
+  // (a - mu I) * 2^-s in p (the scaling is exact); a itself if there is
+  // nothing to do.
+  const T* scaled(const T* a, T mu, int s, T* p) const {
+    if (s == 0 && mu == T(0)) {
       return a;
     }
     Real f = Real(std::ldexp(1.0, -s));
     for (size_t i = 0; i < nn_; ++i) {
       p[i] = a[i] * f;
     }
+    for (int i = 0; i < n_; ++i) {
+      p[size_t(i) * n_ + i] = (a[size_t(i) * n_ + i] - mu) * f;
+    }
     return p;
+  }
+
+  // x *= factor, the product formed in double.
+  template <typename Factor>
+  void rescale(T* x, Factor factor) const {
+    for (size_t i = 0; i < nn_; ++i) {
+      x[i] = T(factor * Factor(x[i]));
+    }
   }
 
   // sum_j c[j] slot_j for j < count, where slot 0 is the identity if
