@@ -13,11 +13,13 @@ from ._ext import expm_frechet as _expm_frechet
 from ._ext import has_gpu_kernels
 from ._ext import matrix_exp as _matrix_exp
 
-__all__ = ["matrix_exp", "expm_frechet", "has_gpu_kernels"]
+__all__ = ["expm_frechet", "has_gpu_kernels", "matrix_exp"]
 __version__ = "0.1.0"
 
 
-def matrix_exp(a: mx.array, /, *, stream=None) -> mx.array:
+def matrix_exp(
+    a: mx.array, /, *, stream: mx.Stream | mx.Device | None = None
+) -> mx.array:
     """The matrix exponential exp(a) of each matrix of a batch.
 
     Args:
@@ -48,7 +50,7 @@ def matrix_exp(a: mx.array, /, *, stream=None) -> mx.array:
 
 
 def expm_frechet(
-    a: mx.array, e: mx.array, /, *, stream=None
+    a: mx.array, e: mx.array, /, *, stream: mx.Stream | mx.Device | None = None
 ) -> tuple[mx.array, mx.array]:
     """exp(a) and the Frechet derivative L(a, e), like scipy.linalg.expm_frechet.
 

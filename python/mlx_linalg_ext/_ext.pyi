@@ -1,12 +1,10 @@
-from typing import Optional, Union
-
 import mlx.core as mx
 
 has_gpu_kernels: bool
 
 def matrix_exp(
-    a: mx.array, *, stream: Optional[Union[mx.Stream, mx.Device]] = None
+    a: mx.array, *, stream: mx.Stream | mx.Device | None = None
 ) -> mx.array: ...
 def expm_frechet(
-    a: mx.array, e: mx.array, *, stream: Optional[Union[mx.Stream, mx.Device]] = None
+    a: mx.array, e: mx.array, *, stream: mx.Stream | mx.Device | None = None
 ) -> tuple[mx.array, mx.array]: ...
