@@ -66,7 +66,7 @@ def import_mlx_linalg_ext(tries: int = 6, wait_s: float = 20.0):
             import mlx_linalg_ext
 
             return mlx_linalg_ext
-        except ImportError as err:
+        except (ImportError, OSError) as err:  # e.g. a half-written .so
             if attempt == tries - 1:
                 raise
             log(f"import mlx_linalg_ext failed ({err}); retrying in {wait_s:.0f} s")
@@ -156,10 +156,9 @@ def rel_err(x: np.ndarray, ref: np.ndarray) -> float:
 
 
 # ----------------------------------------------------------------------- libraries
-# Each setup function takes the numpy input and returns a zero-argument callable
-# that runs the computation to completion and returns the result as numpy. The
-# input conversion happens in setup, outside the timed call; the output conversion
-# happens inside, but it is a copy of n*n elements (negligible next to exp).
+# Each setup function takes the numpy input, converts it (untimed) and returns a
+# zero-argument callable that runs the computation to completion (mx.eval for MLX)
+# and returns the library's result; as_numpy converts that after timing.
 
 
 def to_mx(a: np.ndarray) -> mx.array:
@@ -237,6 +236,9 @@ def as_numpy(y) -> np.ndarray:
 class Timing:
     times_s: list[float]
     result: object  # the last call's output
+    background_cores: float | None = None  # other processes' CPU use while timing
+    attempts: int = 1
+    noisy: bool = False  # other processes were busy in every attempt
 
     @property
     def median_ms(self) -> float:
@@ -248,6 +250,9 @@ class Timing:
             "min_ms": 1e3 * min(self.times_s),
             "repeats": len(self.times_s),
             "times_ms": [round(1e3 * t, 4) for t in self.times_s],
+            "background_cores": self.background_cores,
+            "attempts": self.attempts,
+            "noisy": self.noisy,
         }
 
 
@@ -257,28 +262,107 @@ class TimingPolicy:
     min_repeats: int = 5  # always at least this many timed calls
     budget_s: float = 1.0  # keep repeating fast calls until this much time is spent
     max_repeats: int = 200
+    # Busy threads distort the numbers on a small machine: other processes, and
+    # the BLAS/OpenMP pools of the library timed just before, which spin for a
+    # while after each call. Before timing, sleep in windows of settle_s until the
+    # machine uses < quiet_cores (at most max_wait_s); if other processes used
+    # more while timing, measure again (at most `retries` more times).
+    settle_s: float = 0.5
+    quiet_cores: float = 0.25
+    max_wait_s: float = 120.0
+    retries: int = 2
+
+
+class CpuMonitor:
+    """CPU time used by other processes, from /proc/stat (Linux; else unknown)."""
+
+    def __init__(self):
+        self.available = Path("/proc/stat").exists()
+        self.tick = 1.0 / os.sysconf("SC_CLK_TCK") if self.available else 0.0
+
+    def sample(self) -> tuple[float, float, float]:
+        """(machine busy CPU s, this process's CPU s, wall s)."""
+        busy = 0.0
+        if self.available:
+            with open("/proc/stat") as f:
+                v = [int(x) for x in f.readline().split()[1:9]]
+            busy = (sum(v) - v[3] - v[4]) * self.tick  # all but idle and iowait
+        return busy, time.process_time(), time.perf_counter()
+
+    def other_cores(self, s0, s1) -> float | None:
+        """Average number of cores used by other processes between two samples."""
+        if not self.available or s1[2] <= s0[2]:
+            return None
+        return max(0.0, ((s1[0] - s0[0]) - (s1[1] - s0[1])) / (s1[2] - s0[2]))
+
+    def busy_cores(self, s0, s1) -> float | None:
+        """Average number of cores used by all processes between two samples."""
+        if not self.available or s1[2] <= s0[2]:
+            return None
+        return (s1[0] - s0[0]) / (s1[2] - s0[2])
+
+    def wait_for_quiet(self, threshold: float, max_wait_s: float, window_s: float):
+        """Sleep until the machine is idle: no other process busy, and no thread of
+        this one either (BLAS/OpenMP pools spin for a while after each call and
+        would slow down the next library)."""
+        if not self.available or window_s <= 0:
+            return
+        start = time.perf_counter()
+        waited = False
+        while True:
+            s0 = self.sample()
+            time.sleep(window_s)
+            load = self.busy_cores(s0, self.sample())
+            elapsed = time.perf_counter() - start
+            if load is None or load < threshold:
+                if waited:
+                    log(f"  machine quiet after {elapsed:.0f} s")
+                return
+            if elapsed > max_wait_s:
+                log(f"  machine still busy ({load:.2f} cores); timing anyway")
+                return
+            if not waited:
+                log(f"  machine busy ({load:.2f} cores); waiting up to {max_wait_s} s")
+                waited = True
+
+
+MONITOR = CpuMonitor()
 
 
 def measure(fn: Callable[[], object], policy: TimingPolicy) -> Timing:
     """Warm up, then time ``fn`` at least ``min_repeats`` times (more while within
-    ``budget_s``, at most ``max_repeats``)."""
+    ``budget_s``, at most ``max_repeats``). Repeated if other processes were busy."""
+    for attempt in range(1, policy.retries + 2):
+        MONITOR.wait_for_quiet(policy.quiet_cores, policy.max_wait_s, policy.settle_s)
+        timing = measure_once(fn, policy)
+        timing.attempts = attempt
+        load = timing.background_cores
+        if load is None or load < policy.quiet_cores:
+            break
+        timing.noisy = True
+        if attempt <= policy.retries:
+            log(f"  {load:.2f} other cores busy while timing; measuring again")
+    return timing
+
+
+def measure_once(fn: Callable[[], object], policy: TimingPolicy) -> Timing:
     out = None
     for _ in range(policy.warmup):
         out = fn()
     gc.collect()
     times = []
-    start = time.perf_counter()
+    s0 = MONITOR.sample()
     while True:
         t0 = time.perf_counter()
         out = fn()
         times.append(time.perf_counter() - t0)
         if len(times) >= policy.max_repeats:
             break
-        if len(times) >= policy.min_repeats and time.perf_counter() - start >= (
+        if len(times) >= policy.min_repeats and time.perf_counter() - s0[2] >= (
             policy.budget_s
         ):
             break
-    return Timing(times, out)
+    return Timing(times, out, MONITOR.other_cores(s0, MONITOR.sample()))
 
 
 # ---------------------------------------------------------------------- benchmarks
@@ -360,6 +444,22 @@ def setup_vjp(a: np.ndarray, g: np.ndarray):
     return run
 
 
+def setup_backward(a: np.ndarray, g: np.ndarray):
+    """The backward pass alone: mx.vjp's cotangent, exp(a) left unevaluated
+    (what a training step adds to its forward)."""
+    x, gx = to_mx(a), to_mx(g)
+
+    def expm_cpu(y):
+        return mle.matrix_exp(y, stream=mx.cpu)
+
+    def run():
+        _, (ct,) = mx.vjp(expm_cpu, [x], [gx])
+        mx.eval(ct)
+        return ct
+
+    return run
+
+
 def setup_frechet(a: np.ndarray, e: np.ndarray):
     """expm_frechet(a, e); evaluates both outputs, returns L(a, e)."""
     x, ex = to_mx(a), to_mx(e)
@@ -400,6 +500,7 @@ def run_derivatives(cases, libs, policy, seed) -> list[dict]:
         funcs = {
             "forward": (setup_ours(a), None),
             "vjp": (setup_vjp(a, g), ref_vjp),
+            "backward": (setup_backward(a, g), ref_vjp),
             "frechet": (setup_frechet(a, g), ref_jvp),
         }
         if "torch" in libs:
@@ -425,6 +526,7 @@ def run_derivatives(cases, libs, policy, seed) -> list[dict]:
         res = row["results"]
         fwd = res["forward"]["median_ms"]
         row["vjp_over_forward"] = res["vjp"]["median_ms"] / fwd
+        row["backward_over_forward"] = res["backward"]["median_ms"] / fwd
         row["frechet_over_forward"] = res["frechet"]["median_ms"] / fwd
         if "torch" in libs:
             tf = res["torch-forward"]["median_ms"]
@@ -437,7 +539,9 @@ def run_derivatives(cases, libs, policy, seed) -> list[dict]:
 
 
 def fmt_ms(r: dict | None) -> str:
-    return "-" if r is None else f"{r['median_ms']:.3f}"
+    if r is None:
+        return "-"
+    return f"{r['median_ms']:.3f}" + ("*" if r.get("noisy") else "")
 
 
 def fmt_x(v: float | None) -> str:
@@ -512,8 +616,10 @@ def print_derivatives(rows: list[dict]) -> None:
     headers = [
         "case",
         "fwd",
-        "vjp",
-        "vjp/fwd",
+        "vjp+fwd",
+        "vjp+fwd/fwd",
+        "backward",
+        "bwd/fwd",
         "frechet",
         "frechet/fwd",
         "vjp err",
@@ -533,6 +639,8 @@ def print_derivatives(rows: list[dict]) -> None:
                 fmt_ms(res["forward"]),
                 fmt_ms(res["vjp"]),
                 fmt_x(row["vjp_over_forward"]),
+                fmt_ms(res["backward"]),
+                fmt_x(row["backward_over_forward"]),
                 fmt_ms(res["frechet"]),
                 fmt_x(row["frechet_over_forward"]),
                 fmt_err(res["vjp"]),
@@ -650,6 +758,14 @@ def plot(path: Path, rows: list[dict], libs, info: dict) -> None:
         [f"{r['batch']} x {r['n']}x{r['n']}\n{r['dtype']}" for r in batched],
     )
     right.set_yscale("log")
+    lowest = [
+        r["results"][lib]["median_ms"]
+        for r in batched
+        for lib in libs
+        if lib in r["results"]
+    ]
+    if lowest:
+        right.set_ylim(bottom=min(lowest) / 3)  # keep the shortest bar visible
     right.set_ylabel("median time (ms)")
     right.set_title("batches")
     right.grid(True, axis="y", which="both", alpha=0.3)
@@ -706,6 +822,17 @@ def parse_args(argv=None) -> argparse.Namespace:
         help="seconds per measurement to keep repeating fast calls "
         "(default 1.0; tiny 0)",
     )
+    p.add_argument(
+        "--max-wait",
+        type=float,
+        help="seconds to wait for other processes to go quiet before "
+        "each measurement (default 120; tiny 0.3)",
+    )
+    p.add_argument(
+        "--quiet-cores",
+        type=float,
+        help="machine counts as busy above this many busy cores (default 0.25)",
+    )
     p.add_argument("--no-grad", action="store_true", help="skip the derivative part")
     p.add_argument(
         "--out-dir",
@@ -739,7 +866,15 @@ def main(argv=None) -> int:
         log("torch is not importable: skipping it")
         libs.remove("torch")
     if args.tiny:
-        policy = TimingPolicy(warmup=1, min_repeats=2, budget_s=0.0, max_repeats=2)
+        policy = TimingPolicy(
+            warmup=1,
+            min_repeats=2,
+            budget_s=0.0,
+            max_repeats=2,
+            settle_s=0.15,
+            max_wait_s=0.3,
+            retries=0,
+        )
     else:
         policy = TimingPolicy()
     if args.repeats is not None:
@@ -747,6 +882,10 @@ def main(argv=None) -> int:
         policy.max_repeats = max(policy.max_repeats, args.repeats)
     if args.budget is not None:
         policy.budget_s = args.budget
+    if args.max_wait is not None:
+        policy.max_wait_s = args.max_wait
+    if args.quiet_cores is not None:
+        policy.quiet_cores = args.quiet_cores
 
     info = machine_info()
     log(f"{info['cpu_model']}, {info['nproc']} cores; versions {info['versions']}")
@@ -771,6 +910,10 @@ def main(argv=None) -> int:
     print_forward(rows, libs)
     print_derivatives(grad_rows)
     print_summary(rows)
+    print(
+        f"* = other processes used >= {policy.quiet_cores} cores while timing, "
+        f"in all {policy.retries + 1} attempts (see background_cores in the JSON)"
+    )
     print(f"(total {elapsed:.0f} s)")
 
     date = datetime.datetime.now(datetime.timezone.utc)

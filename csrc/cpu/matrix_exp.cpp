@@ -261,19 +261,42 @@ class Evaluator {
     return scratch;
   }
 
+  // One pass over memory: each slot is read once and dst written once, chunk
+  // by chunk, the chunk staying in L1 (at n = 1024 the combinations are
+  // memory-bound and a pass per slot cost ~15% of the whole exponential).
   void combine_into(
       const EXPM_REAL* c,
       int count,
       const T* const* slot,
       bool identity,
       T* dst) const {
-    std::fill(dst, dst + nn_, T(0));
+    constexpr size_t kChunk = 1024;
+    Real coef[expm::kMaxSlots];
+    const T* src[expm::kMaxSlots];
+    int terms = 0;
     for (int j = 1; j < count; ++j) {
       if (c[j] != 0) {
-        Real cj = Real(c[j]);
-        const T* src = slot[j];
-        for (size_t i = 0; i < nn_; ++i) {
-          dst[i] += cj * src[i];
+        coef[terms] = Real(c[j]);
+        src[terms++] = slot[j];
+      }
+    }
+    for (size_t base = 0; base < nn_; base += kChunk) {
+      size_t len = std::min(kChunk, nn_ - base);
+      T* __restrict d = dst + base;
+      if (terms == 0) {
+        std::fill(d, d + len, T(0));
+      }
+      for (int t = 0; t < terms; ++t) {
+        const T* __restrict in = src[t] + base;
+        Real ct = coef[t];
+        if (t == 0) {
+          for (size_t i = 0; i < len; ++i) {
+            d[i] = ct * in[i];
+          }
+        } else {
+          for (size_t i = 0; i < len; ++i) {
+            d[i] += ct * in[i];
+          }
         }
       }
     }
