@@ -7,6 +7,10 @@
 namespace mlx_linalg_ext {
 
 namespace mx = mlx::core;
+// MLX's DEFINE_* macros name these types unqualified.
+using mx::array;
+using mx::Primitive;
+using mx::Shape;
 
 // exp(A) per matrix of a batch (..., n, n). The Taylor degree and the number
 // of squarings are chosen per matrix inside the evaluation, on the device
@@ -18,29 +22,12 @@ class MatrixExp : public mx::UnaryPrimitive {
   void eval_cpu(const std::vector<mx::array>& inputs, mx::array& out) override;
   void eval_gpu(const std::vector<mx::array>& inputs, mx::array& out) override;
 
-  std::vector<mx::array> jvp(
-      const std::vector<mx::array>& primals,
-      const std::vector<mx::array>& tangents,
-      const std::vector<int>& argnums) override;
-  std::vector<mx::array> vjp(
-      const std::vector<mx::array>& primals,
-      const std::vector<mx::array>& cotangents,
-      const std::vector<int>& argnums,
-      const std::vector<mx::array>& outputs) override;
-  std::pair<std::vector<mx::array>, std::vector<int>> vmap(
-      const std::vector<mx::array>& inputs,
-      const std::vector<int>& axes) override;
+  DEFINE_VMAP()
+  DEFINE_GRADS()
 
-  const char* name() const override {
-    return "MatrixExp";
-  }
-  bool is_equivalent(const mx::Primitive&) const override {
-    return true;
-  }
-  std::vector<mx::Shape> output_shapes(
-      const std::vector<mx::array>& inputs) override {
-    return {inputs[0].shape()};
-  }
+  DEFINE_NAME(MatrixExp)
+  DEFINE_DEFAULT_IS_EQUIVALENT()
+  DEFINE_INPUT_OUTPUT_SHAPE()
 };
 
 // (exp(A), L(A, E)) per matrix of a batch: the exponential and its Frechet
@@ -57,25 +44,11 @@ class ExpmFrechet : public mx::Primitive {
       const std::vector<mx::array>& inputs,
       std::vector<mx::array>& outputs) override;
 
-  std::vector<mx::array> jvp(
-      const std::vector<mx::array>& primals,
-      const std::vector<mx::array>& tangents,
-      const std::vector<int>& argnums) override;
-  std::vector<mx::array> vjp(
-      const std::vector<mx::array>& primals,
-      const std::vector<mx::array>& cotangents,
-      const std::vector<int>& argnums,
-      const std::vector<mx::array>& outputs) override;
-  std::pair<std::vector<mx::array>, std::vector<int>> vmap(
-      const std::vector<mx::array>& inputs,
-      const std::vector<int>& axes) override;
+  DEFINE_VMAP()
+  DEFINE_GRADS()
 
-  const char* name() const override {
-    return "ExpmFrechet";
-  }
-  bool is_equivalent(const mx::Primitive&) const override {
-    return true;
-  }
+  DEFINE_NAME(ExpmFrechet)
+  DEFINE_DEFAULT_IS_EQUIVALENT()
   std::vector<mx::Shape> output_shapes(
       const std::vector<mx::array>& inputs) override {
     return {inputs[0].shape(), inputs[0].shape()};
