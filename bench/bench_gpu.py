@@ -1,0 +1,281 @@
+"""GPU benchmark: mlx_linalg_ext.matrix_exp on mx.gpu against
+torch.linalg.matrix_exp (CUDA, TF32 off), jax.scipy.linalg.expm and
+cupyx.scipy.linalg.expm, where installed.
+
+Inputs: float32 (or complex64) Gaussian matrices scaled so each 1-norm is
+about 4 (times `scale`). Times are end-to-end per call, host clock around
+call + synchronisation (mx.eval / torch.cuda.synchronize /
+block_until_ready / device synchronize), medians after warm-up. Errors are
+normwise relative errors against float64 SciPy on the same inputs.
+
+Usage:  python3 bench/bench_gpu.py [--out results.json] [--reps 30]
+"""
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import time
+
+# JAX must not take most of the GPU memory for itself.
+os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
+
+import mlx.core as mx
+import mlx_linalg_ext as mle
+import numpy as np
+import scipy.linalg as sla
+
+CASES = [
+    # (batch, n, dtype, scale)
+    (4096, 8, "float32", 1.0),
+    (4096, 16, "float32", 1.0),
+    (1024, 32, "float32", 1.0),
+    (256, 64, "float32", 1.0),
+    (64, 128, "float32", 1.0),
+    (1, 256, "float32", 1.0),
+    (1, 1024, "float32", 1.0),
+    (1, 2048, "float32", 1.0),
+    (4096, 16, "complex64", 1.0),
+    (1, 1024, "complex64", 1.0),
+]
+
+
+def make_input(batch, n, dtype, scale, seed=0):
+    rng = np.random.default_rng(seed)
+    a = rng.standard_normal((batch, n, n))
+    if dtype == "complex64":
+        a = a + 1j * rng.standard_normal((batch, n, n))
+    col = np.abs(a).sum(axis=-2).max(axis=-1)
+    a = a * (4.0 * scale / col)[:, None, None]
+    return a.astype(np.float32 if dtype == "float32" else np.complex64)
+
+
+def reference(a):
+    wide = a.astype(np.complex128 if np.iscomplexobj(a) else np.float64)
+    return sla.expm(wide)
+
+
+def relerr(x, ref):
+    x = np.asarray(x).astype(ref.dtype)
+    return float(np.linalg.norm((x - ref).ravel()) / np.linalg.norm(ref.ravel()))
+
+
+def time_fn(fn, sync, reps, warmup=3):
+    for _ in range(warmup):
+        out = fn()
+        sync(out)
+    times = []
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        out = fn()
+        sync(out)
+        times.append((time.perf_counter() - t0) * 1e3)
+    return statistics.median(times), out
+
+
+def bench_mlx_frechet(a, e, reps):
+    x, y = on_gpu(a), on_gpu(e)
+    med, out = time_fn(
+        lambda: mle.expm_frechet(x, y, stream=mx.gpu), lambda r: mx.eval(*r), reps
+    )
+    return med, np.array(out[1])
+
+
+def bench_torch_frechet(a, e, reps):
+    import torch
+
+    torch.backends.cuda.matmul.allow_tf32 = False
+    x, y = torch.from_numpy(a).cuda(), torch.from_numpy(e).cuda()
+    med, out = time_fn(
+        lambda: torch.func.jvp(torch.linalg.matrix_exp, (x,), (y,)),
+        lambda r: torch.cuda.synchronize(),
+        reps,
+    )
+    return med, out[1].cpu().numpy()
+
+
+def mlx_eval_floor(reps=200):
+    """End-to-end time of one trivial MLX GPU op (launch + eval + sync)."""
+    x = on_gpu(np.ones((16, 16), np.float32))
+    med, _ = time_fn(lambda: mx.abs(x, stream=mx.gpu), lambda y: mx.eval(y), reps)
+    return med
+
+
+def on_gpu(a):
+    """An MLX array made by a GPU op, like torch's .cuda() tensors (an array
+    made from numpy starts in host memory; on an H100 that made no measurable
+    difference to these timings, scripts/profile_gpu.py)."""
+    x = mx.multiply(mx.array(a), 1, stream=mx.gpu)
+    mx.eval(x)
+    return x
+
+
+def bench_mlx(a, reps):
+    x = on_gpu(a)
+    med, out = time_fn(
+        lambda: mle.matrix_exp(x, stream=mx.gpu), lambda y: mx.eval(y), reps
+    )
+    return med, np.array(out)
+
+
+def bench_torch(a, reps):
+    import torch
+
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.allow_tf32 = False
+    x = torch.from_numpy(a).cuda()
+    med, out = time_fn(
+        lambda: torch.linalg.matrix_exp(x),
+        lambda y: torch.cuda.synchronize(),
+        reps,
+    )
+    return med, out.cpu().numpy()
+
+
+def bench_jax(a, reps):
+    import jax
+    import jax.scipy.linalg as jsl
+
+    jax.config.update("jax_default_matmul_precision", "highest")  # no TF32
+    x = jax.device_put(a)
+    f = jax.jit(jax.vmap(jsl.expm))
+    med, out = time_fn(lambda: f(x), lambda y: y.block_until_ready(), reps)
+    return med, np.asarray(out)
+
+
+def bench_cupy(a, reps):
+    import cupy as cp
+    import cupyx.scipy.linalg as csl
+
+    if a.shape[0] != 1:
+        return None, None  # cupyx expm takes one matrix
+    x = cp.asarray(a[0])
+    med, out = time_fn(
+        lambda: csl.expm(x), lambda y: cp.cuda.Device().synchronize(), reps
+    )
+    return med, cp.asnumpy(out)[None]
+
+
+def main():
+    p = argparse.ArgumentParser()
+    p.add_argument("--out", default=None)
+    p.add_argument("--reps", type=int, default=30)
+    p.add_argument("--only", default=None, help="comma list of frameworks")
+    p.add_argument("--cases", default=None, help="comma list like 4096x16,1x1024")
+    p.add_argument("--no-frechet", action="store_true")
+    args = p.parse_args()
+    frameworks = {
+        "mlx_linalg_ext": bench_mlx,
+        "torch": bench_torch,
+        "jax": bench_jax,
+        "cupy": bench_cupy,
+    }
+    if args.only:
+        frameworks = {k: v for k, v in frameworks.items() if k in args.only.split(",")}
+    info = {"platform": platform.platform(), "mlx": mx.__version__}
+    try:
+        import torch
+
+        info["gpu"] = torch.cuda.get_device_name(0)
+        info["torch"] = torch.__version__
+    except Exception as exc:  # noqa: BLE001
+        info["gpu"] = f"? ({exc})"
+    info["mlx_eval_floor_ms"] = mlx_eval_floor()
+    info["env_small_max"] = os.environ.get("MLX_LINALG_EXT_CUDA_SMALL_MAX")
+    print(
+        f"GPU: {info['gpu']}; one trivial MLX op end-to-end: "
+        f"{info['mlx_eval_floor_ms']:.3f} ms"
+    )
+    rows = []
+    cases = CASES
+    if args.cases:
+        want = set(args.cases.split(","))
+        cases = [c for c in CASES if f"{c[0]}x{c[1]}" in want]
+    for batch, n, dtype, scale in cases:
+        a = make_input(batch, n, dtype, scale)
+        ref = reference(a)
+        row = {"batch": batch, "n": n, "dtype": dtype, "scale": scale}
+        for name, fn in frameworks.items():
+            try:
+                reps = args.reps if n <= 1024 else max(5, args.reps // 3)
+                med, out = fn(a, reps)
+                if med is None:
+                    continue
+                row[name] = {"ms": med, "relerr": relerr(out, ref)}
+            except Exception as exc:  # noqa: BLE001
+                row[name] = {"error": f"{type(exc).__name__}: {exc}"[:200]}
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+    frows = []
+    if not args.no_frechet and (not args.only or "frechet" in args.only):
+        for batch, n in [(4096, 16), (256, 64), (1, 256), (1, 1024)]:
+            if args.cases and f"{batch}x{n}" not in set(args.cases.split(",")):
+                continue
+            a = make_input(batch, n, "float32", 1.0)
+            e = make_input(batch, n, "float32", 1.0, seed=1)
+            ref = np.stack(
+                [
+                    sla.expm_frechet(
+                        m.astype(np.float64), d.astype(np.float64), compute_expm=False
+                    )
+                    for m, d in zip(a, e)
+                ]
+            )
+            row = {"batch": batch, "n": n, "dtype": "float32", "op": "frechet"}
+            for name, fn in [
+                ("mlx_linalg_ext", bench_mlx_frechet),
+                ("torch", bench_torch_frechet),
+            ]:
+                try:
+                    med, out = fn(a, e, max(5, args.reps // 2))
+                    row[name] = {"ms": med, "relerr": relerr(out, ref)}
+                except Exception as exc:  # noqa: BLE001
+                    row[name] = {"error": f"{type(exc).__name__}: {exc}"[:200]}
+            frows.append(row)
+            print(json.dumps(row), flush=True)
+    result = {"info": info, "rows": rows, "frechet_rows": frows}
+    out = args.out or os.path.join(
+        os.environ.get("OUT", os.path.join(os.path.dirname(__file__), "results")),
+        "bench_gpu.json",
+    )
+    os.makedirs(os.path.dirname(out), exist_ok=True)
+    with open(out, "w") as f:
+        json.dump(result, f, indent=1)
+
+    names = list(frameworks)
+    print(f"\nmedian ms (relerr vs float64 SciPy), {info['gpu']}")
+    print(
+        f"{'case':24s}" + "".join(f"{k:>22s}" for k in names) + f"{'torch/ours':>11s}"
+    )
+    for r in rows:
+        case = f"{r['dtype'][:3]} {r['batch']}x{r['n']}x{r['n']}"
+        cells = []
+        for k in names:
+            v = r.get(k)
+            if v is None:
+                cells.append(f"{'-':>22s}")
+            elif "error" in v:
+                cells.append(f"{'error':>22s}")
+            else:
+                cells.append(f"{v['ms']:9.3f} ({v['relerr']:.1e})".rjust(22))
+        sp = "-"
+        if "ms" in r.get("torch", {}) and "ms" in r.get("mlx_linalg_ext", {}):
+            sp = f"{r['torch']['ms'] / r['mlx_linalg_ext']['ms']:.1f}x"
+        print(f"{case:24s}" + "".join(cells) + f"{sp:>11s}")
+    for r in frows:
+        case = f"L(A,E) {r['batch']}x{r['n']}x{r['n']}"
+        cells = []
+        for k in ("mlx_linalg_ext", "torch"):
+            v = r.get(k, {})
+            cells.append(
+                f"{v['ms']:9.3f} ({v['relerr']:.1e})".rjust(22)
+                if "ms" in v
+                else f"{'error':>22s}"
+            )
+        print(f"{case:24s}" + "".join(cells))
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1353 @@
+// CUDA backend of MatrixExp and ExpmFrechet. Mirrors csrc/cpu/matrix_exp.cpp:
+// per matrix, the 1-norms of A and of A - mu I (mu = tr(A)/n, accumulated in
+// double) decide the trace shift, the Taylor degree and the number of
+// squarings s (expm_numerics.h); the product program of that degree runs on
+// (A - mu I) 2^-s, the approximant is multiplied by e^(mu 2^-s), then s
+// squarings. The Frechet derivative runs alongside as the dual evaluation
+// (dP = dL R + L dR, d(X^2) = X dX + dX X). A matrix with a NaN or Inf
+// becomes all NaN. Nothing is read back to the host: shift, degree and s are
+// decided and used on the device.
+//
+// Two paths:
+// - n <= 32: one fused kernel for the whole batch, one block per matrix that
+//   holds everything in shared memory and runs norms, degree, product
+//   program and its own squaring loop (one launch for any batch);
+// - larger n: a parameter kernel writes (shift, mu, degree, s) per matrix to
+//   a device buffer; the combine and GEMM launches of the product program
+//   read it and exit for matrices that do not need their step (5 predicated
+//   products, a fixed number of launches); all squarings run in ONE
+//   persistent kernel that loops on the device up to the largest s of the
+//   batch with a grid-wide barrier between squarings (its grid never exceeds
+//   what is co-resident on the GPU). So the launch count does not depend on
+//   s, whose bound is expm::kMaxSquaringsSingle = 128 (only +Inf gets there,
+//   and it is caught as non-finite first).
+// All products are full FP32 FMA (SIMT), never TF32.
+//
+// Launches go through MLX's command encoder as CUfunction handles
+// (libmlx.so carries its own static CUDA runtime, which does not know this
+// library's kernels); every node reads the inputs and writes the outputs and
+// the workspace, so MLX orders the nodes of one evaluation.
+#include <cuda.h>
+#include <cuda_runtime.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdlib>
+#include <functional>
+#include <map>
+#include <mutex>
+#include <stdexcept>
+#include <string>
+#include <type_traits>
+
+#include "mlx/allocator.h"
+#include "mlx/backend/cuda/device.h"
+#include "mlx/backend/cuda/utils.h"
+
+#define EXPM_TABLE static __constant__ const
+#define EXPM_FN __device__ inline
+#include "cuda/small_plan.h"
+#include "expm_numerics.h"
+#include "primitives.h"
+
+namespace mlx_linalg_ext {
+
+namespace mx = mlx::core;
+
+namespace {
+
+// ------------------------------ element types ------------------------------
+
+// complex64 with the layout of mx::complex64_t (and cuFloatComplex).
+struct alignas(8) c64 {
+  float x, y;
+};
+
+__device__ inline c64 operator-(c64 a, c64 b) {
+  return {a.x - b.x, a.y - b.y};
+}
+__device__ inline c64& operator+=(c64& a, c64 b) {
+  a.x += b.x;
+  a.y += b.y;
+  return a;
+}
+__device__ inline c64 operator*(float f, c64 a) {
+  return {f * a.x, f * a.y};
+}
+__device__ inline c64 operator*(c64 a, float f) {
+  return {a.x * f, a.y * f};
+}
+
+// acc += a * b, with fused multiply-adds.
+__device__ inline void mac(float& acc, float a, float b) {
+  acc = fmaf(a, b, acc);
+}
+__device__ inline void mac(c64& acc, c64 a, c64 b) {
+  acc.x = fmaf(a.x, b.x, acc.x);
+  acc.x = fmaf(-a.y, b.y, acc.x);
+  acc.y = fmaf(a.x, b.y, acc.y);
+  acc.y = fmaf(a.y, b.x, acc.y);
+}
+
+__device__ inline float abs_of(float v) {
+  return fabsf(v);
+}
+__device__ inline float abs_of(c64 v) {
+  return hypotf(v.x, v.y); // as std::abs(std::complex<float>) on the CPU
+}
+
+template <typename T>
+__device__ inline T real_to(float v);
+template <>
+__device__ inline float real_to<float>(float v) {
+  return v;
+}
+template <>
+__device__ inline c64 real_to<c64>(float v) {
+  return {v, 0.0f};
+}
+
+template <typename T>
+__device__ inline T nan_of() {
+  return real_to<T>(__int_as_float(0x7fc00000));
+}
+
+__device__ inline float div_real(float v, float d) {
+  return v / d;
+}
+__device__ inline c64 div_real(c64 v, float d) {
+  return {v.x / d, v.y / d}; // as std::complex<float> / float
+}
+
+// The trace shift mu of a matrix, kept as two floats in Params.
+__device__ inline void put_mu(float mu, float& re, float& im) {
+  re = mu;
+  im = 0.0f;
+}
+__device__ inline void put_mu(c64 mu, float& re, float& im) {
+  re = mu.x;
+  im = mu.y;
+}
+template <typename T>
+__device__ inline T get_mu(float re, float im);
+template <>
+__device__ inline float get_mu<float>(float re, float) {
+  return re;
+}
+template <>
+__device__ inline c64 get_mu<c64>(float re, float im) {
+  return {re, im};
+}
+
+// e^(mu 2^-s) in double (complex double for complex64), and x * factor formed
+// in double and rounded once, as rescale() on the CPU.
+struct Factor {
+  double re, im;
+};
+__device__ inline Factor exp_factor(float m) {
+  return {exp(double(m)), 0.0};
+}
+__device__ inline Factor exp_factor(c64 m) {
+  double e = exp(double(m.x)), sn, cs;
+  sincos(double(m.y), &sn, &cs);
+  return {e * cs, e * sn};
+}
+__device__ inline float apply(Factor f, float v) {
+  return float(f.re * double(v));
+}
+__device__ inline c64 apply(Factor f, c64 v) {
+  return {
+      float(f.re * double(v.x) - f.im * double(v.y)),
+      float(f.re * double(v.y) + f.im * double(v.x))};
+}
+
+// ------------------------------ shared numerics ----------------------------
+
+// Per matrix: degree index, s, whether the trace shift mu = tr(A)/n is used
+// (and mu), from the 1-norms of A and A - mu I; degree -1 marks a matrix with
+// a NaN or Inf (its result is all NaN). As Evaluator::run on the CPU.
+struct Params {
+  int degree;
+  int squarings;
+  int shift;
+  int pad;
+  float mu_re, mu_im; // 0 unless shift
+};
+
+__device__ inline Params decide(double norm, double shifted_norm, Params p) {
+  if (!isfinite(norm)) {
+    return {-1, 0, 0, 0, 0.0f, 0.0f};
+  }
+  p.shift = expm::use_trace_shift(norm, shifted_norm);
+  if (p.shift) {
+    norm = shifted_norm;
+  } else {
+    p.mu_re = p.mu_im = 0.0f;
+  }
+  p.degree = expm::choose_degree(norm, expm::kSingle);
+  p.squarings = p.degree == expm::kLastDegree
+      ? expm::square_steps(norm, expm::kSingle)
+      : 0;
+  return p;
+}
+
+// max that keeps a NaN (std::max would drop it), as one_norm on the CPU.
+__device__ inline double nan_max(double a, double b) {
+  return (b > a || isnan(b)) ? b : a;
+}
+
+// The slot that a combination sum_j c[j] slot_j is on its own (one nonzero
+// coefficient, equal to 1, not the identity), or -1. As Evaluator::combine.
+__device__ inline int lone_slot(const double* c, int count, bool identity) {
+  int lone = -1;
+  for (int j = identity ? 0 : 1; j < count; ++j) {
+    if (c[j] != 0) {
+      if (lone != -1 || j == 0 || c[j] != 1) {
+        return -1;
+      }
+      lone = j;
+    }
+  }
+  return lone;
+}
+
+// One element of sum_{j >= 1} c[j] slot_j (+ c[0] on the diagonal when
+// `identity`), accumulated in the order of combine_into on the CPU.
+template <typename T, typename SlotFn>
+__device__ inline T combine_elem(
+    const double* c,
+    int count,
+    bool identity,
+    bool diagonal,
+    SlotFn slot) {
+  T acc = real_to<T>(0.0f);
+  for (int j = 1; j < count; ++j) {
+    if (c[j] != 0) {
+      acc += float(c[j]) * slot(j);
+    }
+  }
+  if (identity && diagonal && c[0] != 0) {
+    acc += real_to<T>(float(c[0]));
+  }
+  return acc;
+}
+
+void check_cuda(cudaError_t err, const char* what) {
+  if (err != cudaSuccess) {
+    throw std::runtime_error(
+        std::string("[matrix_exp] ") + what + ": " + cudaGetErrorString(err));
+  }
+}
+
+int current_device() {
+  int dev = 0;
+  check_cuda(cudaGetDevice(&dev), "cudaGetDevice");
+  return dev;
+}
+
+// The driver handle of a kernel of this extension (libmlx has its own static
+// CUDA runtime, which does not know this library's kernels), with at least
+// `smem` bytes of dynamic shared memory allowed. Cached per device: the
+// lookups cost microseconds on every call otherwise.
+template <typename Kernel>
+CUfunction cu_function(Kernel kernel, size_t smem = 0) {
+  struct Entry {
+    CUfunction f;
+    size_t smem;
+  };
+  static std::mutex mutex;
+  static std::map<std::pair<int, const void*>, Entry> cache;
+  const void* key = reinterpret_cast<const void*>(kernel);
+  std::lock_guard<std::mutex> lock(mutex);
+  auto [it, fresh] = cache.try_emplace({current_device(), key}, Entry{});
+  if (fresh) {
+    cudaFunction_t f;
+    check_cuda(cudaGetFuncBySymbol(&f, key), "cudaGetFuncBySymbol");
+    it->second.f = reinterpret_cast<CUfunction>(f);
+  }
+  if (smem > 48 * 1024 && smem > it->second.smem) {
+    // Runtime API on this library's own kernel: the same CUfunction, and no
+    // link to libcuda is needed (CI has no driver).
+    check_cuda(
+        cudaFuncSetAttribute(
+            key, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)),
+        "cudaFuncSetAttribute");
+    it->second.smem = smem;
+  }
+  return it->second.f;
+}
+
+int device_attr(cudaDeviceAttr attr) {
+  static std::mutex mutex;
+  static std::map<std::pair<int, int>, int> cache;
+  int dev = current_device();
+  std::lock_guard<std::mutex> lock(mutex);
+  auto [it, fresh] = cache.try_emplace({dev, int(attr)}, 0);
+  if (fresh) {
+    check_cuda(
+        cudaDeviceGetAttribute(&it->second, attr, dev),
+        "cudaDeviceGetAttribute");
+  }
+  return it->second;
+}
+
+// ============================ small matrices ================================
+//
+// One block per matrix; every matrix of the product program lives in shared
+// memory: slots A, P2..P6, operands L, R (and the same again for the
+// derivative). The kernel is compiled for a padded size N (4, 8, 16, 32):
+// an n x n matrix (n <= N) sits in the top-left corner of an N x N one whose
+// other entries are zero, i.e. exp of the block diagonal [[A, 0], [0, 0]],
+// whose top-left block is exp(A) exactly (every product, combination and
+// squaring keeps the block structure; the added terms are exact zeros). The
+// norms and the trace shift use the n x n block only. With N fixed every
+// loop unrolls and every index is a constant: the kernel is bound by
+// instruction issue, not by memory.
+//
+// Rows are LD = N + 4 elements: 16-byte aligned, and the rows a warp reads
+// at once fall in different banks. A product thread computes a strip of 4
+// consecutive elements of a row from one element of L and a 16-byte vector
+// of R per k (4 FMAs per two shared loads).
+
+constexpr int kSmallBuffers = 8; // A, P2..P6, L, R
+
+inline int small_size(int n) {
+  return n <= 4 ? 4 : n <= 8 ? 8 : n <= 16 ? 16 : 32;
+}
+
+template <typename T>
+size_t small_smem_bytes(int n, bool frechet) {
+  int N = small_size(n);
+  size_t mat = size_t(N) * (N + 4);
+  size_t bytes = mat * sizeof(T) * kSmallBuffers * (frechet ? 2 : 1);
+  return (bytes + 15) / 16 * 16;
+}
+
+// Threads of the kernel for size N: one per 4-element strip, at least a warp.
+template <int N>
+struct SmallThreads {
+  static constexpr int value = N * N / 4 < 32 ? 32 : N * N / 4;
+};
+
+// 4 consecutive elements from 16-byte aligned shared memory.
+__device__ inline void load4(const float* p, float (&v)[4]) {
+  float4 q = *reinterpret_cast<const float4*>(p);
+  v[0] = q.x;
+  v[1] = q.y;
+  v[2] = q.z;
+  v[3] = q.w;
+}
+__device__ inline void load4(const c64* p, c64 (&v)[4]) {
+  float4 q0 = reinterpret_cast<const float4*>(p)[0];
+  float4 q1 = reinterpret_cast<const float4*>(p)[1];
+  v[0] = {q0.x, q0.y};
+  v[1] = {q0.z, q0.w};
+  v[2] = {q1.x, q1.y};
+  v[3] = {q1.z, q1.w};
+}
+__device__ inline void store4(float* p, const float (&v)[4]) {
+  *reinterpret_cast<float4*>(p) = make_float4(v[0], v[1], v[2], v[3]);
+}
+__device__ inline void store4(c64* p, const c64 (&v)[4]) {
+  reinterpret_cast<float4*>(p)[0] = make_float4(v[0].x, v[0].y, v[1].x, v[1].y);
+  reinterpret_cast<float4*>(p)[1] = make_float4(v[2].x, v[2].y, v[3].x, v[3].y);
+}
+
+// C = L R (+ L2 R2) over the N x N matrices (row stride N + 4). A thread
+// computes a 2 x 4 block (1 x 4 for N = 4): per k, two elements of L and one
+// 16-byte vector of R for 8 FMAs. No barrier.
+template <typename T, int N, bool kTwo>
+__device__ inline void
+small_gemm(const T* l, const T* r, const T* l2, const T* r2, T* c) {
+  constexpr int LD = N + 4;
+  constexpr int kRows = N >= 8 ? 2 : 1;
+  constexpr int kStrips = N / 4;
+  constexpr int kItems = (N / kRows) * kStrips;
+  constexpr int kThreads = SmallThreads<N>::value;
+#pragma unroll
+  for (int it0 = 0; it0 < kItems; it0 += kThreads) {
+    int it = it0 + threadIdx.x;
+    if (kItems % kThreads != 0 && it >= kItems) {
+      break;
+    }
+    int i = (it / kStrips) * kRows;
+    int j = (it % kStrips) * 4;
+    T acc[kRows][4];
+#pragma unroll
+    for (int p = 0; p < kRows; ++p) {
+#pragma unroll
+      for (int q = 0; q < 4; ++q) {
+        acc[p][q] = real_to<T>(0.0f);
+      }
+    }
+#pragma unroll
+    for (int pass = 0; pass < (kTwo ? 2 : 1); ++pass) {
+      const T* lm = pass == 0 ? l : l2;
+      const T* rm = pass == 0 ? r : r2;
+#pragma unroll
+      for (int k = 0; k < N; ++k) {
+        T rv[4];
+        load4(rm + k * LD + j, rv);
+#pragma unroll
+        for (int p = 0; p < kRows; ++p) {
+          T lv = lm[(i + p) * LD + k];
+#pragma unroll
+          for (int q = 0; q < 4; ++q) {
+            mac(acc[p][q], lv, rv[q]);
+          }
+        }
+      }
+    }
+#pragma unroll
+    for (int p = 0; p < kRows; ++p) {
+      store4(c + (i + p) * LD + j, acc[p]);
+    }
+  }
+}
+
+using cuda::SmallPlan;
+
+// dst = sum_{j >= 1} c[j] slot_j (+ c[0] I when `identity`), elementwise over
+// the padded matrices, in the order of combine_into on the CPU. The
+// coefficients go to registers once, outside the element loop.
+template <typename T, int N>
+__device__ inline void small_combine(
+    const float* c,
+    int count,
+    const T* slots,
+    bool identity,
+    T* dst,
+    bool shift = false,
+    Factor factor = {1.0, 0.0}) {
+  constexpr int LD = N + 4;
+  constexpr int kMat = N * LD;
+  constexpr int kThreads = SmallThreads<N>::value;
+  float cf[expm::kMaxSlots];
+#pragma unroll
+  for (int j = 0; j < expm::kMaxSlots; ++j) {
+    cf[j] = j < count ? c[j] : 0.0f;
+  }
+#pragma unroll 4
+  for (int idx = threadIdx.x; idx < kMat; idx += kThreads) {
+    T acc = real_to<T>(0.0f);
+#pragma unroll
+    for (int j = 1; j < expm::kMaxSlots; ++j) {
+      if (cf[j] != 0.0f) {
+        acc += cf[j] * slots[(j - 1) * kMat + idx];
+      }
+    }
+    if (identity && cf[0] != 0.0f && idx % (LD + 1) == 0) {
+      acc += real_to<T>(cf[0]);
+    }
+    dst[idx] = shift ? apply(factor, acc) : acc;
+  }
+}
+
+// The combination as a product operand: a slot itself when it is alone
+// (lone >= 1), else written into `scratch`. No barrier.
+template <typename T, int N>
+__device__ inline const T* small_operand(
+    const float* c,
+    int count,
+    int lone,
+    const T* slots,
+    bool identity,
+    T* scratch) {
+  constexpr int kMat = N * (N + 4);
+  if (lone >= 1) {
+    return slots + (lone - 1) * kMat;
+  }
+  small_combine<T, N>(c, count, slots, identity, scratch);
+  return scratch;
+}
+
+template <typename T, bool kFrechet, int N>
+__global__ void __launch_bounds__(SmallThreads<N>::value) expm_small_kernel(
+    const T* __restrict__ a,
+    const T* __restrict__ e,
+    T* __restrict__ x_out,
+    T* __restrict__ l_out,
+    int n,
+    const __grid_constant__ SmallPlan plan) {
+  constexpr int LD = N + 4;
+  constexpr int kMat = N * LD;
+  constexpr int kThreads = SmallThreads<N>::value;
+  extern __shared__ __align__(16) unsigned char smem_raw[];
+  __shared__ double colsum[2][N];
+  __shared__ Params params;
+  const int nn = n * n;
+  const size_t off = size_t(blockIdx.x) * nn;
+  T* buf = reinterpret_cast<T*>(smem_raw);
+
+  // Slot j >= 1 (A, P2..P6) is slots[(j - 1) * kMat]; the identity is
+  // implicit.
+  T* slots = buf;
+  T* dslots = buf + kSmallBuffers * kMat;
+  T* left = buf + 6 * kMat;
+  T* right = buf + 7 * kMat;
+  T* dleft = dslots + 6 * kMat;
+  T* dright = dslots + 7 * kMat;
+
+  // A (and E) into the top-left corner of zero N x N matrices.
+  for (int idx = threadIdx.x; idx < kMat; idx += kThreads) {
+    int i = idx / LD, j = idx % LD;
+    bool in = i < n && j < n;
+    slots[idx] = in ? a[off + i * n + j] : real_to<T>(0.0f);
+    if constexpr (kFrechet) {
+      dslots[idx] = in ? e[off + i * n + j] : real_to<T>(0.0f);
+    }
+  }
+  __syncthreads();
+  // Column sums of |A| and |A - mu I| over the n x n block, mu = tr(A)/n
+  // summed in T in order as on the CPU (each column thread forms it).
+  for (int j = threadIdx.x; j < n; j += kThreads) {
+    T tr = real_to<T>(0.0f);
+    for (int i = 0; i < n; ++i) {
+      tr += slots[i * LD + i];
+    }
+    T mu = div_real(tr, float(n));
+    double sum = 0.0, shifted = 0.0;
+    for (int i = 0; i < n; ++i) {
+      T v = slots[i * LD + j];
+      sum += double(abs_of(v));
+      shifted += double(abs_of(i == j ? v - mu : v));
+    }
+    colsum[0][j] = sum;
+    colsum[1][j] = shifted;
+    if (j == 0) {
+      put_mu(mu, params.mu_re, params.mu_im);
+    }
+  }
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    double norm = 0.0, shifted = 0.0;
+    for (int j = 0; j < n; ++j) {
+      norm = nan_max(norm, colsum[0][j]);
+      shifted = nan_max(shifted, colsum[1][j]);
+    }
+    params = decide(norm, shifted, params);
+  }
+  __syncthreads();
+  const int d = params.degree;
+  const int s = params.squarings;
+  const bool shift = params.shift;
+  const T mu = get_mu<T>(params.mu_re, params.mu_im);
+  if (d < 0) {
+    for (int idx = threadIdx.x; idx < nn; idx += kThreads) {
+      x_out[off + idx] = nan_of<T>();
+      if constexpr (kFrechet) {
+        l_out[off + idx] = nan_of<T>();
+      }
+    }
+    return;
+  }
+  const float f = float(ldexp(1.0, -s)); // exact power of two
+  if (s > 0 || shift) {
+    // (A - mu I) 2^-s and E 2^-s; the shift only on the n x n diagonal.
+    for (int idx = threadIdx.x; idx < kMat; idx += kThreads) {
+      T v = slots[idx];
+      if (shift && idx % (LD + 1) == 0 && idx / LD < n) {
+        v = v - mu;
+      }
+      slots[idx] = v * f;
+      if constexpr (kFrechet) {
+        dslots[idx] = dslots[idx] * f;
+      }
+    }
+    __syncthreads();
+  }
+
+  for (int k = 0; k < expm::kNumProducts[d]; ++k) {
+    int step = expm::kFirstStep[d] + k;
+    int count = 2 + k;
+    const float* cl = plan.step[step][0];
+    const float* cr = plan.step[step][1];
+    const auto& lone = plan.lone[step];
+    const T* l = small_operand<T, N>(cl, count, lone[0][0], slots, true, left);
+    const T* r = small_operand<T, N>(cr, count, lone[1][0], slots, true, right);
+    const T* dl = nullptr;
+    const T* dr = nullptr;
+    if constexpr (kFrechet) {
+      dl = small_operand<T, N>(cl, count, lone[0][1], dslots, false, dleft);
+      dr = small_operand<T, N>(cr, count, lone[1][1], dslots, false, dright);
+    }
+    __syncthreads();
+    small_gemm<T, N, false>(l, r, nullptr, nullptr, slots + (1 + k) * kMat);
+    if constexpr (kFrechet) {
+      small_gemm<T, N, true>(dl, r, l, dr, dslots + (1 + k) * kMat);
+    }
+    __syncthreads();
+  }
+
+  // The approximant into `left` (times e^(mu 2^-s) with the shift: the
+  // squarings then stay in the range of the result), then s squarings
+  // ping-ponging with `right`.
+  const int count = expm::num_slots(d);
+  const Factor factor = exp_factor(mu * f);
+  small_combine<T, N>(plan.fin[d], count, slots, true, left, shift, factor);
+  if constexpr (kFrechet) {
+    small_combine<T, N>(
+        plan.fin[d], count, dslots, false, dleft, shift, factor);
+  }
+  __syncthreads();
+  T* x = left;
+  T* y = right;
+  T* dx = dleft;
+  T* dy = dright;
+  for (int i = 0; i < s; ++i) {
+    if constexpr (kFrechet) {
+      small_gemm<T, N, true>(x, dx, dx, x, dy);
+    }
+    small_gemm<T, N, false>(x, x, nullptr, nullptr, y);
+    __syncthreads();
+    T* t = x;
+    x = y;
+    y = t;
+    if constexpr (kFrechet) {
+      t = dx;
+      dx = dy;
+      dy = t;
+    }
+  }
+  for (int idx = threadIdx.x; idx < nn; idx += kThreads) {
+    int i = idx / n, j = idx - i * n;
+    x_out[off + idx] = x[i * LD + j];
+    if constexpr (kFrechet) {
+      l_out[off + idx] = dx[i * LD + j];
+    }
+  }
+}
+
+template <typename T, bool kFrechet>
+void launch_small(
+    int n,
+    int batch,
+    size_t smem,
+    const std::function<void(CUfunction, dim3, dim3, uint32_t)>& add) {
+  auto go = [&](auto kernel, int threads) {
+    add(cu_function(kernel, smem), dim3(batch), dim3(threads), uint32_t(smem));
+  };
+  switch (small_size(n)) {
+    case 4:
+      return go(expm_small_kernel<T, kFrechet, 4>, SmallThreads<4>::value);
+    case 8:
+      return go(expm_small_kernel<T, kFrechet, 8>, SmallThreads<8>::value);
+    case 16:
+      return go(expm_small_kernel<T, kFrechet, 16>, SmallThreads<16>::value);
+    default:
+      return go(expm_small_kernel<T, kFrechet, 32>, SmallThreads<32>::value);
+  }
+}
+
+// ============================ larger matrices ===============================
+//
+// Workspace per matrix (n x n buffers): 0 = scaled A (slot 1), 1..5 = P2..P6
+// (slots 2..6), 6 = L, 7 = R; with the derivative 8..15 the same for dA.
+// The approximant and the squarings reuse L / R (dL / dR).
+
+constexpr int kBuffers = 8;
+
+struct Work {
+  void* buf; // batch x (8 or 16) x n x n elements
+  Params* params; // batch
+  unsigned int* barrier; // [count, generation]
+  int n;
+  int batch;
+  int frechet;
+};
+
+template <typename T>
+__device__ inline T* wbuf(const Work& w, int b, int i) {
+  size_t nn = size_t(w.n) * w.n;
+  size_t per = nn * kBuffers * (w.frechet ? 2 : 1);
+  return static_cast<T*>(w.buf) + per * b + nn * i;
+}
+
+// mu = tr(A)/n by a fixed-order reduction over 256 threads in double, so
+// that every block that forms it gets the same float (the CPU sums in float
+// in order; any mu is exact for exp(A) = e^mu exp(A - mu I)).
+__device__ inline double2 add2(double2 a, double2 b) {
+  return make_double2(a.x + b.x, a.y + b.y);
+}
+__device__ inline double2 widen(float v) {
+  return make_double2(v, 0.0);
+}
+__device__ inline double2 widen(c64 v) {
+  return make_double2(v.x, v.y);
+}
+template <typename T>
+__device__ inline T narrow(double2 v);
+template <>
+__device__ inline float narrow<float>(double2 v) {
+  return float(v.x);
+}
+template <>
+__device__ inline c64 narrow<c64>(double2 v) {
+  return {float(v.x), float(v.y)};
+}
+
+template <typename T>
+__device__ T block_mean_diagonal(const T* m, int n, int tid, double2* red) {
+  double2 sum = make_double2(0.0, 0.0);
+  for (int i = tid; i < n; i += 256) {
+    sum = add2(sum, widen(m[size_t(i) * n + i]));
+  }
+  red[tid] = sum;
+  __syncthreads();
+  for (int h = 128; h > 0; h /= 2) {
+    if (tid < h) {
+      red[tid] = add2(red[tid], red[tid + h]);
+    }
+    __syncthreads();
+  }
+  double2 total = red[0];
+  __syncthreads();
+  return narrow<T>(make_double2(total.x / n, total.y / n));
+}
+
+// Column sums of |A| and |A - mu I| in double: block (32 columns x 8 row
+// groups); colsum holds both (batch x 2n).
+template <typename T>
+__global__ void
+colsum_kernel(int b0, const T* __restrict__ a, double* colsum, int n) {
+  __shared__ double part[2][8][33];
+  __shared__ double2 red[256];
+  int b = b0 + blockIdx.y;
+  int j = blockIdx.x * 32 + threadIdx.x;
+  const T* m = a + size_t(b) * n * n;
+  T mu = block_mean_diagonal(m, n, threadIdx.y * 32 + threadIdx.x, red);
+  double sum = 0.0, shifted = 0.0;
+  if (j < n) {
+    for (int i = threadIdx.y; i < n; i += 8) {
+      T v = m[size_t(i) * n + j];
+      sum += double(abs_of(v));
+      shifted += double(abs_of(i == j ? v - mu : v));
+    }
+  }
+  part[0][threadIdx.y][threadIdx.x] = sum;
+  part[1][threadIdx.y][threadIdx.x] = shifted;
+  __syncthreads();
+  if (threadIdx.y == 0 && j < n) {
+    for (int r = 1; r < 8; ++r) {
+      sum += part[0][r][threadIdx.x];
+      shifted += part[1][r][threadIdx.x];
+    }
+    colsum[size_t(b) * 2 * n + j] = sum;
+    colsum[size_t(b) * 2 * n + n + j] = shifted;
+  }
+}
+
+// Norms -> Params per matrix (256 threads); block 0 also clears the grid
+// barrier.
+template <typename T>
+__global__ void decide_kernel(const T* a, const double* colsum, Work w) {
+  __shared__ double part[2][256];
+  __shared__ double2 red[256];
+  int b = blockIdx.x;
+  T mu = block_mean_diagonal(a + size_t(b) * w.n * w.n, w.n, threadIdx.x, red);
+  double norm = 0.0, shifted = 0.0;
+  const double* cs = colsum + size_t(b) * 2 * w.n;
+  for (int j = threadIdx.x; j < w.n; j += blockDim.x) {
+    norm = nan_max(norm, cs[j]);
+    shifted = nan_max(shifted, cs[w.n + j]);
+  }
+  part[0][threadIdx.x] = norm;
+  part[1][threadIdx.x] = shifted;
+  __syncthreads();
+  for (int h = blockDim.x / 2; h > 0; h /= 2) {
+    if (threadIdx.x < h) {
+      part[0][threadIdx.x] =
+          nan_max(part[0][threadIdx.x], part[0][threadIdx.x + h]);
+      part[1][threadIdx.x] =
+          nan_max(part[1][threadIdx.x], part[1][threadIdx.x + h]);
+    }
+    __syncthreads();
+  }
+  if (threadIdx.x == 0) {
+    Params p = {};
+    put_mu(mu, p.mu_re, p.mu_im);
+    w.params[b] = decide(part[0][0], part[1][0], p);
+    if (b == 0) {
+      w.barrier[0] = 0;
+      w.barrier[1] = 0;
+    }
+  }
+}
+
+// Slot 1 (and its derivative) = (A - mu I) 2^-s (and E 2^-s).
+template <typename T>
+__global__ void scale_kernel(int b0, const T* a, const T* e, Work w) {
+  size_t nn = size_t(w.n) * w.n;
+  int b = b0 + blockIdx.y;
+  Params p = w.params[b];
+  if (p.degree < 0) {
+    return;
+  }
+  float f = float(ldexp(1.0, -p.squarings));
+  T mu = get_mu<T>(p.mu_re, p.mu_im);
+  T* x = wbuf<T>(w, b, 0);
+  T* dx = wbuf<T>(w, b, kBuffers);
+  for (size_t i = blockIdx.x * size_t(blockDim.x) + threadIdx.x; i < nn;
+       i += size_t(gridDim.x) * blockDim.x) {
+    T v = a[nn * b + i];
+    if (p.shift && i % (w.n + 1) == 0) {
+      v = v - mu;
+    }
+    x[i] = v * f;
+    if (w.frechet) {
+      dx[i] = e[nn * b + i] * f;
+    }
+  }
+}
+
+// The operands of product k (k >= 0), written where they are no lone slot;
+// k = -1: the approximant (into L / dL, or into the outputs when s = 0, and
+// NaN for a matrix with NaN/Inf).
+template <typename T>
+__global__ void combine_kernel(int b0, int k, T* x_out, T* l_out, Work w) {
+  int n = w.n;
+  size_t nn = size_t(n) * n;
+  int b = b0 + blockIdx.y;
+  Params p = w.params[b];
+  size_t i0 = blockIdx.x * size_t(blockDim.x) + threadIdx.x;
+  size_t stride = size_t(gridDim.x) * blockDim.x;
+  auto slot = [&](int j) { return wbuf<T>(w, b, j - 1); };
+  auto dslot = [&](int j) { return wbuf<T>(w, b, kBuffers + j - 1); };
+  if (k < 0) {
+    if (p.degree < 0) {
+      for (size_t i = i0; i < nn; i += stride) {
+        x_out[nn * b + i] = nan_of<T>();
+        if (w.frechet) {
+          l_out[nn * b + i] = nan_of<T>();
+        }
+      }
+      return;
+    }
+    int count = expm::num_slots(p.degree);
+    const double* c = expm::kFinal[p.degree];
+    T* x = p.squarings == 0 ? x_out + nn * b : wbuf<T>(w, b, 6);
+    T* dx = p.squarings == 0 ? l_out + nn * b : wbuf<T>(w, b, kBuffers + 6);
+    // With the shift, times e^(mu 2^-s) before the squarings (as on the CPU).
+    float f = float(ldexp(1.0, -p.squarings));
+    Factor factor = exp_factor(get_mu<T>(p.mu_re, p.mu_im) * f);
+    for (size_t i = i0; i < nn; i += stride) {
+      bool diag = i % (n + 1) == 0;
+      T v = combine_elem<T>(
+          c, count, true, diag, [&](int j) { return slot(j)[i]; });
+      x[i] = p.shift ? apply(factor, v) : v;
+      if (w.frechet) {
+        T dv = combine_elem<T>(
+            c, count, false, diag, [&](int j) { return dslot(j)[i]; });
+        dx[i] = p.shift ? apply(factor, dv) : dv;
+      }
+    }
+    return;
+  }
+  if (p.degree < 0 || k >= expm::kNumProducts[p.degree]) {
+    return;
+  }
+  int step = expm::kFirstStep[p.degree] + k;
+  int count = 2 + k;
+  for (int side = 0; side < 2; ++side) {
+    const double* c =
+        side == 0 ? expm::kStepLeft[step] : expm::kStepRight[step];
+    for (int dual = 0; dual < (w.frechet ? 2 : 1); ++dual) {
+      bool identity = dual == 0;
+      if (lone_slot(c, count, identity) >= 1) {
+        continue;
+      }
+      T* dst = wbuf<T>(w, b, dual * kBuffers + 6 + side);
+      for (size_t i = i0; i < nn; i += stride) {
+        bool diag = i % (n + 1) == 0;
+        dst[i] = combine_elem<T>(c, count, identity, diag, [&](int j) {
+          return wbuf<T>(w, b, dual * kBuffers + j - 1)[i];
+        });
+      }
+    }
+  }
+}
+
+// ---- tiled SIMT GEMM: C = A1 B1 (+ A2 B2), n x n row-major, FP32 FMA ----
+//
+// 256 threads (16 x 16) per output tile. Big tiles (float, when the batch
+// has enough of them to fill the GPU): 128 x 128, each thread 8 x 8 outputs
+// from 16-byte shared loads (64 FMAs per 4 loads). Otherwise 64 x 64 tiles,
+// 4 x 4 outputs per thread. Full FP32 products (no TF32).
+
+constexpr int kGemmThreads = 256;
+
+template <typename T, bool kBig>
+struct GemmShape {
+  static constexpr int kTile = 64; // k steps of 16
+};
+template <>
+struct GemmShape<float, true> {
+  static constexpr int kTile = 128; // k steps of 8
+};
+
+template <typename T, bool kBig>
+struct GemmSmem {
+  T a[16][64 + 1];
+  T b[16][64];
+};
+template <>
+struct GemmSmem<float, true> {
+  // +4: the transposed stores of A hit different banks; rows stay 16-byte
+  // aligned for the vector loads.
+  alignas(16) float a[8][128 + 4];
+  alignas(16) float b[8][128];
+};
+
+// 64 x 64 tiles: 4 x 4 outputs per thread at rows ty + 16 i, columns
+// tx + 16 j.
+template <typename T>
+__device__ inline void gemm_accumulate(
+    const T* __restrict__ A,
+    const T* __restrict__ B,
+    int n,
+    int row0,
+    int col0,
+    GemmSmem<T, false>& sm,
+    T (&acc)[4][4]) {
+  constexpr int kTile = 64, kTileK = 16;
+  int tid = threadIdx.x;
+  int tx = tid % 16, ty = tid / 16;
+  for (int k0 = 0; k0 < n; k0 += kTileK) {
+#pragma unroll
+    for (int q = 0; q < kTile * kTileK / kGemmThreads; ++q) {
+      int e = tid + q * kGemmThreads;
+      int r = e / kTileK, c = e % kTileK;
+      int gr = row0 + r, gc = k0 + c;
+      sm.a[c][r] =
+          (gr < n && gc < n) ? A[size_t(gr) * n + gc] : real_to<T>(0.0f);
+      r = e / kTile;
+      c = e % kTile;
+      gr = k0 + r;
+      gc = col0 + c;
+      sm.b[r][c] =
+          (gr < n && gc < n) ? B[size_t(gr) * n + gc] : real_to<T>(0.0f);
+    }
+    __syncthreads();
+#pragma unroll
+    for (int k = 0; k < kTileK; ++k) {
+      T av[4], bv[4];
+#pragma unroll
+      for (int i = 0; i < 4; ++i) {
+        av[i] = sm.a[k][ty + 16 * i];
+        bv[i] = sm.b[k][tx + 16 * i];
+      }
+#pragma unroll
+      for (int i = 0; i < 4; ++i) {
+#pragma unroll
+        for (int j = 0; j < 4; ++j) {
+          mac(acc[i][j], av[i], bv[j]);
+        }
+      }
+    }
+    __syncthreads();
+  }
+}
+
+// 128 x 128 float tiles: 8 x 8 outputs per thread at rows {0, 64} + 4 ty + i,
+// columns {0, 64} + 4 tx + j (i, j < 4).
+__device__ inline void gemm_accumulate(
+    const float* __restrict__ A,
+    const float* __restrict__ B,
+    int n,
+    int row0,
+    int col0,
+    GemmSmem<float, true>& sm,
+    float (&acc)[8][8]) {
+  int tid = threadIdx.x;
+  int tx = tid % 16, ty = tid / 16;
+  for (int k0 = 0; k0 < n; k0 += 8) {
+#pragma unroll
+    for (int q = 0; q < 4; ++q) {
+      int e = tid + q * kGemmThreads;
+      int r = e / 8, c = e % 8; // A: 128 rows x 8
+      int gr = row0 + r, gc = k0 + c;
+      sm.a[c][r] = (gr < n && gc < n) ? A[size_t(gr) * n + gc] : 0.0f;
+      r = e / 128; // B: 8 rows x 128
+      c = e % 128;
+      gr = k0 + r;
+      gc = col0 + c;
+      sm.b[r][c] = (gr < n && gc < n) ? B[size_t(gr) * n + gc] : 0.0f;
+    }
+    __syncthreads();
+#pragma unroll
+    for (int k = 0; k < 8; ++k) {
+      float av[8], bv[8];
+      float4 t;
+      t = *reinterpret_cast<const float4*>(&sm.a[k][4 * ty]);
+      av[0] = t.x, av[1] = t.y, av[2] = t.z, av[3] = t.w;
+      t = *reinterpret_cast<const float4*>(&sm.a[k][64 + 4 * ty]);
+      av[4] = t.x, av[5] = t.y, av[6] = t.z, av[7] = t.w;
+      t = *reinterpret_cast<const float4*>(&sm.b[k][4 * tx]);
+      bv[0] = t.x, bv[1] = t.y, bv[2] = t.z, bv[3] = t.w;
+      t = *reinterpret_cast<const float4*>(&sm.b[k][64 + 4 * tx]);
+      bv[4] = t.x, bv[5] = t.y, bv[6] = t.z, bv[7] = t.w;
+#pragma unroll
+      for (int i = 0; i < 8; ++i) {
+#pragma unroll
+        for (int j = 0; j < 8; ++j) {
+          acc[i][j] = fmaf(av[i], bv[j], acc[i][j]);
+        }
+      }
+    }
+    __syncthreads();
+  }
+}
+
+template <typename T, bool kBig>
+__device__ inline void gemm_tile(
+    const T* A1,
+    const T* B1,
+    const T* A2,
+    const T* B2,
+    T* C,
+    int n,
+    int row0,
+    int col0,
+    GemmSmem<T, kBig>& sm) {
+  constexpr int M = GemmShape<T, kBig>::kTile / 16;
+  T acc[M][M];
+#pragma unroll
+  for (int i = 0; i < M; ++i) {
+#pragma unroll
+    for (int j = 0; j < M; ++j) {
+      acc[i][j] = real_to<T>(0.0f);
+    }
+  }
+  gemm_accumulate(A1, B1, n, row0, col0, sm, acc);
+  if (A2) {
+    gemm_accumulate(A2, B2, n, row0, col0, sm, acc);
+  }
+  int tx = threadIdx.x % 16, ty = threadIdx.x / 16;
+#pragma unroll
+  for (int i = 0; i < M; ++i) {
+#pragma unroll
+    for (int j = 0; j < M; ++j) {
+      int r, c;
+      if constexpr (M == 8) {
+        r = row0 + (i / 4) * 64 + 4 * ty + i % 4;
+        c = col0 + (j / 4) * 64 + 4 * tx + j % 4;
+      } else {
+        r = row0 + ty + 16 * i;
+        c = col0 + tx + 16 * j;
+      }
+      if (r < n && c < n) {
+        C[size_t(r) * n + c] = acc[i][j];
+      }
+    }
+  }
+}
+
+// Product k of the program: grid (tiles, tiles, batch x (1 or 2)); z odd is
+// the derivative dP = dL R + L dR. Matrices whose degree has no product k exit.
+template <typename T, bool kBig>
+__global__ void __launch_bounds__(kGemmThreads)
+    product_kernel(int b0, int k, Work w) {
+  __shared__ GemmSmem<T, kBig> sm;
+  int dual = w.frechet ? blockIdx.z % 2 : 0;
+  int b = b0 + (w.frechet ? blockIdx.z / 2 : blockIdx.z);
+  Params p = w.params[b];
+  if (p.degree < 0 || k >= expm::kNumProducts[p.degree]) {
+    return;
+  }
+  int step = expm::kFirstStep[p.degree] + k;
+  int count = 2 + k;
+  auto operand = [&](const double* c, int side, int d) -> const T* {
+    int lone = lone_slot(c, count, d == 0);
+    return wbuf<T>(w, b, d * kBuffers + (lone >= 1 ? lone - 1 : 6 + side));
+  };
+  const T* l = operand(expm::kStepLeft[step], 0, 0);
+  const T* r = operand(expm::kStepRight[step], 1, 0);
+  constexpr int kTile = GemmShape<T, kBig>::kTile;
+  int row0 = blockIdx.y * kTile, col0 = blockIdx.x * kTile;
+  if (dual == 0) {
+    gemm_tile<T, kBig>(
+        l, r, nullptr, nullptr, wbuf<T>(w, b, 2 + k - 1), w.n, row0, col0, sm);
+  } else {
+    const T* dl = operand(expm::kStepLeft[step], 0, 1);
+    const T* dr = operand(expm::kStepRight[step], 1, 1);
+    gemm_tile<T, kBig>(
+        dl, r, l, dr, wbuf<T>(w, b, kBuffers + 2 + k - 1), w.n, row0, col0, sm);
+  }
+}
+
+// Grid-wide barrier for a grid whose blocks are all resident (the launch
+// below never asks for more blocks than the occupancy allows).
+__device__ inline void grid_barrier(unsigned int* bar) {
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    volatile unsigned int* vgen = bar + 1;
+    unsigned int gen = *vgen;
+    __threadfence();
+    if (atomicAdd(bar, 1u) == gridDim.x - 1) {
+      atomicExch(bar, 0u);
+      __threadfence();
+      atomicAdd(bar + 1, 1u);
+    } else {
+      while (*vgen == gen) {
+        __nanosleep(64);
+      }
+    }
+    __threadfence();
+  }
+  __syncthreads();
+}
+
+// All squarings of the batch: iteration i squares every matrix with s > i,
+// reading L / R alternately; the last squaring of a matrix writes the output.
+template <typename T, bool kBig>
+__global__ void __launch_bounds__(kGemmThreads)
+    square_kernel(T* x_out, T* l_out, Work w) {
+  __shared__ GemmSmem<T, kBig> sm;
+  __shared__ int smax_shared;
+  if (threadIdx.x == 0) {
+    smax_shared = 0;
+  }
+  __syncthreads();
+  int local = 0;
+  for (int b = threadIdx.x; b < w.batch; b += blockDim.x) {
+    local = max(local, w.params[b].squarings);
+  }
+  atomicMax(&smax_shared, local);
+  __syncthreads();
+  const int smax = smax_shared;
+  constexpr int kTile = GemmShape<T, kBig>::kTile;
+  const int tiles = (w.n + kTile - 1) / kTile;
+  const int per_matrix = tiles * tiles * (w.frechet ? 2 : 1);
+  const long total = long(per_matrix) * w.batch;
+  const size_t nn = size_t(w.n) * w.n;
+  for (int i = 0; i < smax; ++i) {
+    for (long t = blockIdx.x; t < total; t += gridDim.x) {
+      int b = int(t / per_matrix);
+      int r = int(t % per_matrix);
+      int s = w.params[b].squarings;
+      if (i >= s) {
+        continue;
+      }
+      int dual = w.frechet ? r % 2 : 0;
+      int tile = w.frechet ? r / 2 : r;
+      int row0 = (tile / tiles) * kTile, col0 = (tile % tiles) * kTile;
+      bool last = i == s - 1;
+      const T* x = wbuf<T>(w, b, 6 + (i % 2));
+      if (dual == 0) {
+        T* y = last ? x_out + nn * b : wbuf<T>(w, b, 6 + (i + 1) % 2);
+        gemm_tile<T, kBig>(x, x, nullptr, nullptr, y, w.n, row0, col0, sm);
+      } else {
+        const T* dx = wbuf<T>(w, b, kBuffers + 6 + (i % 2));
+        T* dy =
+            last ? l_out + nn * b : wbuf<T>(w, b, kBuffers + 6 + (i + 1) % 2);
+        gemm_tile<T, kBig>(x, dx, dx, x, dy, w.n, row0, col0, sm);
+      }
+    }
+    if (i + 1 < smax) {
+      grid_barrier(w.barrier);
+    }
+  }
+}
+
+// ================================ dispatch ==================================
+
+// Largest n that takes the fused one-block path: 32, the largest padded size
+// compiled. MLX_LINALG_EXT_CUDA_SMALL_MAX=k (k < 32) lowers it, to test and
+// time the GEMM path on small matrices.
+int small_max() {
+  static int v = [] {
+    const char* s = std::getenv("MLX_LINALG_EXT_CUDA_SMALL_MAX");
+    return s ? std::atoi(s) : 32;
+  }();
+  return v;
+}
+
+template <typename T>
+void expm_gpu(
+    const mx::Stream& stream,
+    const std::vector<mx::array>& inputs,
+    std::vector<mx::array>& outputs) {
+  auto& encoder = mx::cu::get_command_encoder(stream);
+  const bool frechet = inputs.size() == 2;
+  const mx::array& a = inputs[0];
+  const int n = a.shape(-1);
+  const size_t nn = size_t(n) * n;
+  const size_t batch_sz = a.size() / nn;
+  if (batch_sz > size_t(1) << 30) {
+    throw std::invalid_argument("[matrix_exp] Batch too large for the GPU.");
+  }
+  const int batch = int(batch_sz);
+  for (auto& out : outputs) {
+    out.set_data(mx::allocator::malloc(out.nbytes()));
+  }
+  const T* pa = gpu_ptr<T>(a);
+  const T* pe = frechet ? gpu_ptr<T>(inputs[1]) : nullptr;
+  T* px = gpu_ptr<T>(outputs[0]);
+  T* pl = frechet ? gpu_ptr<T>(outputs[1]) : nullptr;
+
+  // Every node reads the inputs and writes the outputs (and the workspace),
+  // so MLX orders the nodes of this primitive one after the other.
+  std::vector<mx::array> temps;
+  // Arguments by value: MLX takes their addresses, which must not be const.
+  auto add =
+      [&](CUfunction f, dim3 grid, dim3 block, uint32_t smem, auto... args) {
+        for (const auto& in : inputs) {
+          encoder.set_input_array(in);
+        }
+        for (const auto& t : temps) {
+          encoder.set_input_array(t);
+          encoder.set_output_array(t);
+        }
+        for (const auto& out : outputs) {
+          encoder.set_output_array(out);
+        }
+        encoder.add_kernel_node_ex(
+            f, grid, block, dim3(1, 1, 1), smem, args...);
+      };
+
+  size_t smem = small_smem_bytes<T>(n, frechet);
+  int smem_optin = device_attr(cudaDevAttrMaxSharedMemoryPerBlockOptin);
+  if (n <= std::min(small_max(), 32) && smem <= size_t(smem_optin)) {
+    auto add_small = [&](CUfunction f, dim3 grid, dim3 block, uint32_t sm) {
+      add(f, grid, block, sm, pa, pe, px, pl, n, cuda::small_plan());
+    };
+    if (frechet) {
+      launch_small<T, true>(n, batch, smem, add_small);
+    } else {
+      launch_small<T, false>(n, batch, smem, add_small);
+    }
+    return;
+  }
+
+  // Workspace: the buffers, then (degree, s) per matrix, the column sums and
+  // the barrier; one temporary array so that MLX keeps it alive.
+  size_t buf_bytes = nn * sizeof(T) * kBuffers * (frechet ? 2 : 1) * batch;
+  size_t params_off = buf_bytes;
+  size_t colsum_off = params_off + (sizeof(Params) * batch + 255) / 256 * 256;
+  size_t barrier_off = colsum_off + sizeof(double) * 2 * n * batch;
+  size_t ws_bytes = barrier_off + 256;
+  size_t ws_words = (ws_bytes + 3) / 4;
+  mx::Shape ws_shape = ws_words < (size_t(1) << 30)
+      ? mx::Shape{int(ws_words)}
+      : mx::Shape{int((ws_words + (1 << 20) - 1) >> 20), 1 << 20};
+  mx::array ws(
+      mx::allocator::malloc(
+          size_t(4) * ws_shape[0] * (ws_shape.size() > 1 ? ws_shape[1] : 1)),
+      ws_shape,
+      mx::float32);
+  encoder.add_temporary(ws);
+  temps.push_back(ws);
+  char* base = gpu_ptr<char>(ws);
+  Work w;
+  w.buf = base;
+  w.params = reinterpret_cast<Params*>(base + params_off);
+  double* colsum = reinterpret_cast<double*>(base + colsum_off);
+  w.barrier = reinterpret_cast<unsigned int*>(base + barrier_off);
+  w.n = n;
+  w.batch = batch;
+  w.frechet = frechet;
+
+  // Launches over the batch go in chunks: grid.y / grid.z stop at 65535.
+  constexpr int kChunk = 32767;
+  auto chunks = [&](auto body) {
+    for (int b0 = 0; b0 < batch; b0 += kChunk) {
+      body(b0, std::min(kChunk, batch - b0));
+    }
+  };
+  CUfunction colsum_f = cu_function(colsum_kernel<T>);
+  chunks([&](int b0, int nb) {
+    add(colsum_f, dim3((n + 31) / 32, nb), dim3(32, 8), 0, b0, pa, colsum, n);
+  });
+  add(cu_function(decide_kernel<T>), dim3(batch), dim3(256), 0, pa, colsum, w);
+
+  int sms = device_attr(cudaDevAttrMultiProcessorCount);
+  // Elementwise launches: enough blocks to fill the GPU across the batch.
+  int ew_blocks = int(std::clamp<size_t>(
+      (nn + 255) / 256, 1, std::max<size_t>(1, size_t(sms) * 8 / batch + 1)));
+  CUfunction scale_f = cu_function(scale_kernel<T>);
+  chunks([&](int b0, int nb) {
+    add(scale_f, dim3(ew_blocks, nb), dim3(256), 0, b0, pa, pe, w);
+  });
+  // The products, the approximant and the squarings, with GEMM tiles of
+  // 128 (float, when there are enough of them for the GPU) or 64.
+  auto gemm_steps = [&](auto big_tag) {
+    constexpr bool kBig = decltype(big_tag)::value;
+    constexpr int kTile = GemmShape<T, kBig>::kTile;
+    int tiles = (n + kTile - 1) / kTile;
+    CUfunction comb = cu_function(combine_kernel<T>);
+    CUfunction prod = cu_function(product_kernel<T, kBig>);
+    // Product k of every matrix whose degree has one: at most five.
+    for (int k = 0; k < expm::kMaxSlots - 2; ++k) {
+      chunks([&](int b0, int nb) {
+        add(comb, dim3(ew_blocks, nb), dim3(256), 0, b0, k, px, pl, w);
+      });
+      chunks([&](int b0, int nb) {
+        add(prod,
+            dim3(tiles, tiles, nb * (frechet ? 2 : 1)),
+            dim3(kGemmThreads),
+            0,
+            b0,
+            k,
+            w);
+      });
+    }
+    chunks([&](int b0, int nb) {
+      add(comb, dim3(ew_blocks, nb), dim3(256), 0, b0, -1, px, pl, w);
+    });
+
+    // Persistent squaring kernel: no more blocks than can be resident at
+    // once (its grid barrier needs them all).
+    CUfunction sq = cu_function(square_kernel<T, kBig>);
+    static int per_sm = [] {
+      int v = 0;
+      check_cuda(
+          cudaOccupancyMaxActiveBlocksPerMultiprocessor(
+              &v, square_kernel<T, kBig>, kGemmThreads, 0),
+          "cudaOccupancyMaxActiveBlocksPerMultiprocessor");
+      return v;
+    }();
+    long tasks = long(tiles) * tiles * (frechet ? 2 : 1) * batch;
+    int grid =
+        int(std::max<long>(1, std::min<long>(tasks, long(sms) * per_sm)));
+    add(sq, dim3(grid), dim3(kGemmThreads), 0, px, pl, w);
+  };
+  // 128-tiles for n >= 256 when there are at least as many as SMs.
+  long big_tiles = long((n + 127) / 128) * ((n + 127) / 128) * batch;
+  if constexpr (std::is_same_v<T, float>) {
+    if (n >= 256 && big_tiles >= sms) {
+      gemm_steps(std::true_type{});
+      return;
+    }
+  }
+  gemm_steps(std::false_type{});
+}
+
+void eval_gpu_dispatch(
+    const mx::Stream& stream,
+    const std::vector<mx::array>& inputs,
+    std::vector<mx::array>& outputs) {
+  switch (inputs[0].dtype()) {
+    case mx::float32:
+      return expm_gpu<float>(stream, inputs, outputs);
+    case mx::complex64:
+      return expm_gpu<c64>(stream, inputs, outputs);
+    default:
+      throw std::invalid_argument(
+          "[matrix_exp] The GPU supports float32 and complex64 only.");
+  }
+}
+
+} // namespace
+
+void MatrixExp::eval_gpu(const std::vector<mx::array>& inputs, mx::array& out) {
+  std::vector<mx::array> outputs = {out};
+  eval_gpu_dispatch(stream(), inputs, outputs);
+}
+
+void ExpmFrechet::eval_gpu(
+    const std::vector<mx::array>& inputs,
+    std::vector<mx::array>& outputs) {
+  eval_gpu_dispatch(stream(), inputs, outputs);
+}
+
+} // namespace mlx_linalg_ext

@@ -1,0 +1,98 @@
+#!/usr/bin/env bash
+# On the GPU machine: build the package with its CUDA kernels from the kit,
+# run the GPU self-check (both CUDA paths), the pytest suite and the GPU
+# benchmark. Logs and results go to $OUT (or ./gpu-check-out).
+#
+# From the project root, in one device call:
+#   run(command="bash scripts/gpu-check.sh", carry=[".kit", ".whl"])
+# .kit: ../shared/device/make-kit.sh. .whl: the scipy-openblas32 wheel, which
+# the GPU machine lacks (CMakeLists.txt needs it on Linux); once, here:
+#   python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 \
+#     --implementation cp --platform manylinux_2_28_x86_64 -d .whl scipy-openblas32
+# (.whl/ is git-ignored.)
+# STAGES (default "build selfcheck test bench"; also "profile", "variants")
+# picks the steps;
+# PYTEST_ARGS adds pytest arguments; BENCH_ARGS adds benchmark arguments.
+set -uo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+OUT="${OUT:-$PWD/gpu-check-out}"
+mkdir -p "$OUT"
+STAGES="${STAGES:-build selfcheck test bench}"
+export PYTHONUNBUFFERED=1
+status=0
+stage() { [[ " $STAGES " == *" $1 "* ]]; }
+
+source .kit/setup.sh || { echo "kit setup failed"; exit 1; }
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$OUT/gpu.txt"
+
+if stage build; then
+  (
+    set -e
+    if ls .whl/*.whl >/dev/null 2>&1; then
+      python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl
+    fi
+    # MLX's CMake package looks for cuDNN; PyTorch's wheel has it.
+    NV="$(python3 -c 'import nvidia; print(list(nvidia.__path__)[0])')"
+    CUDNN_H="$(find "$NV" -name cudnn.h -path '*cudnn*' | head -1)"
+    if [ -n "$CUDNN_H" ]; then
+      CUDNN_DIR="$(dirname "$(dirname "$CUDNN_H")")"
+      export CMAKE_ARGS="-DCUDNN_INCLUDE_PATH=$CUDNN_DIR -DCUDNN_LIBRARY_PATH=$CUDNN_DIR ${CMAKE_ARGS:-}"
+    fi
+    # The image's default g++ (/opt/gcc) is not the compiler of the system
+    # libstdc++ that Python, PyTorch and libmlx load; prefer the system one.
+    # (Seen 2026-11-26: with CXX=/opt/gcc/bin/g++ the extension carried its
+    # own static libstdc++ and crashed in std::ostringstream.)
+    # MLX_LINALG_EXT_KEEP_CXX=1 keeps the environment's compiler.
+    if [ -x /usr/bin/g++ ] && [ "${MLX_LINALG_EXT_KEEP_CXX:-0}" != 1 ]; then
+      export CC=/usr/bin/gcc CXX=/usr/bin/g++ CUDAHOSTCXX=/usr/bin/g++
+    fi
+    echo "CXX=${CXX:-default} $(${CXX:-g++} --version | head -1)"
+    echo "libstdc++ of that compiler: $(${CXX:-g++} -print-file-name=libstdc++.so)"
+    echo "CMAKE_ARGS=${CMAKE_ARGS:-}"
+    echo "LDFLAGS=${LDFLAGS:-} CXXFLAGS=${CXXFLAGS:-}"
+    # A fresh build directory: a CMake cache from another compiler is kept
+    # otherwise (the working tree's build/ survives between device calls).
+    rm -rf /tmp/mle-build
+    time python3 -m pip install -v --no-build-isolation --no-deps --no-index \
+      -C build-dir=/tmp/mle-build --target /tmp/site --upgrade .
+  ) > "$OUT/build.log" 2>&1 || { echo "BUILD FAILED"; tail -60 "$OUT/build.log"; exit 1; }
+  grep -E "mlx_linalg_ext:|real|^CXX=|^libstdc|^LDFLAGS" "$OUT/build.log"
+  SO="$(ls /tmp/site/mlx_linalg_ext/_ext*.so)"
+  echo "NEEDED: $(readelf -d "$SO" | grep NEEDED | sed 's/.*\[\(.*\)\]/\1/' | tr '\n' ' ')"
+  readelf -d "$SO" | grep 'libstdc++' >/dev/null ||
+    echo "WARNING: libstdc++ linked statically into $SO (its streams crash)"
+fi
+python3 -c "import mlx_linalg_ext as m, mlx.core as mx; print('has_gpu_kernels', m.has_gpu_kernels, mx.default_device())"
+
+if stage selfcheck; then
+  echo "== self-check, default paths"
+  python3 scripts/gpu_selfcheck.py 2>&1 | tee "$OUT/selfcheck.txt" || status=1
+  echo "== self-check, GEMM path for every size"
+  MLX_LINALG_EXT_CUDA_SMALL_MAX=0 python3 scripts/gpu_selfcheck.py 2>&1 | tee -a "$OUT/selfcheck.txt" || status=1
+fi
+
+if stage test; then
+  echo "== pytest (one process per test file, so that a crash hides nothing)"
+  : > "$OUT/pytest.txt"
+  for f in tests/test_*.py; do
+    python3 -m pytest -q -rfE -p no:cacheprovider "$f" ${PYTEST_ARGS:-} >> "$OUT/pytest.txt" 2>&1 || status=1
+    echo "$f: $(tail -1 "$OUT/pytest.txt")"
+  done
+  grep -E "^(FAILED|ERROR)|Fatal Python error|^  File \"/work" "$OUT/pytest.txt" | head -60
+fi
+
+if stage profile; then
+  echo "== profile"
+  python3 scripts/profile_gpu.py 2>&1 | tee "$OUT/profile.txt"
+fi
+
+if stage bench; then
+  echo "== benchmark"
+  python3 bench/bench_gpu.py --out "$OUT/bench_gpu.json" ${BENCH_ARGS:-} 2>&1 | tee "$OUT/bench.txt" || status=1
+fi
+if stage variants; then
+  echo "== benchmark: GEMM path for every size (MLX_LINALG_EXT_CUDA_SMALL_MAX=0)"
+  MLX_LINALG_EXT_CUDA_SMALL_MAX=0 python3 bench/bench_gpu.py --only mlx_linalg_ext \
+    --cases 4096x16,1024x32 --out "$OUT/bench_small0.json" 2>&1 | tail -5
+fi
+exit $status
