@@ -245,6 +245,24 @@ EXPM_FN int num_slots(int degree_index) {
   return 2 + kNumProducts[degree_index];
 }
 
+// The slot j >= 1 that the combination sum_j c[j] slot_j (j < count) is on
+// its own -- one nonzero coefficient, equal to 1 -- or -1. Backends use that
+// slot in place of forming the combination. Slot 0, the identity, takes part
+// only in the primal list (`identity`); the derivative's list has no slot 0.
+template <typename Coefficients>
+EXPM_FN int lone_slot(Coefficients c, int count, bool identity) {
+  int lone = -1;
+  for (int j = identity ? 0 : 1; j < count; ++j) {
+    if (c[j] != 0) {
+      if (lone != -1 || j == 0 || c[j] != 1) {
+        return -1;
+      }
+      lone = j;
+    }
+  }
+  return lone;
+}
+
 // Trace shift (Higham, "Functions of Matrices", 2008, Sec. 10.7.3):
 // exp(A) = e^mu exp(A - mu I) and L(A, E) = e^mu L(A - mu I, E) for any
 // scalar mu; mu = tr(A) / n. A backend shifts when that lowers the 1-norm:

@@ -244,16 +244,7 @@ class Evaluator {
       const T* const* slot,
       bool identity,
       T* scratch) const {
-    int lone = -1;
-    for (int j = identity ? 0 : 1; j < count; ++j) {
-      if (c[j] != 0) {
-        if (lone != -1 || j == 0 || c[j] != 1) {
-          lone = -2;
-          break;
-        }
-        lone = j;
-      }
-    }
+    int lone = expm::lone_slot(c, count, identity);
     if (lone >= 1) {
       return slot[lone];
     }

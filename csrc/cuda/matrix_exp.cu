@@ -196,21 +196,6 @@ __device__ inline double nan_max(double a, double b) {
   return (b > a || isnan(b)) ? b : a;
 }
 
-// The slot that a combination sum_j c[j] slot_j is on its own (one nonzero
-// coefficient, equal to 1, not the identity), or -1. As Evaluator::combine.
-__device__ inline int lone_slot(const double* c, int count, bool identity) {
-  int lone = -1;
-  for (int j = identity ? 0 : 1; j < count; ++j) {
-    if (c[j] != 0) {
-      if (lone != -1 || j == 0 || c[j] != 1) {
-        return -1;
-      }
-      lone = j;
-    }
-  }
-  return lone;
-}
-
 // One element of sum_{j >= 1} c[j] slot_j (+ c[0] on the diagonal when
 // `identity`), accumulated in the order of combine_into on the CPU.
 template <typename T, typename SlotFn>
@@ -853,7 +838,7 @@ __global__ void combine_kernel(int b0, int k, T* x_out, T* l_out, Work w) {
         side == 0 ? expm::kStepLeft[step] : expm::kStepRight[step];
     for (int dual = 0; dual < (w.frechet ? 2 : 1); ++dual) {
       bool identity = dual == 0;
-      if (lone_slot(c, count, identity) >= 1) {
+      if (expm::lone_slot(c, count, identity) >= 1) {
         continue;
       }
       T* dst = wbuf<T>(w, b, dual * kBuffers + 6 + side);
@@ -1057,7 +1042,7 @@ __global__ void __launch_bounds__(kGemmThreads)
   int step = expm::kFirstStep[p.degree] + k;
   int count = 2 + k;
   auto operand = [&](const double* c, int side, int d) -> const T* {
-    int lone = lone_slot(c, count, d == 0);
+    int lone = expm::lone_slot(c, count, d == 0);
     return wbuf<T>(w, b, d * kBuffers + (lone >= 1 ? lone - 1 : 6 + side));
   };
   const T* l = operand(expm::kStepLeft[step], 0, 0);

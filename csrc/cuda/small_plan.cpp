@@ -12,22 +12,6 @@ static_assert(int(kPlanSlots) == int(expm::kMaxSlots));
 
 namespace {
 
-// As Evaluator::combine on the CPU (and lone_slot in matrix_exp.cu): the slot
-// j >= 1 that sum_j c[j] slot_j is on its own (one nonzero coefficient, equal
-// to 1; slot 0, the identity, only in the primal list), or -1.
-int lone_slot(const double* c, int count, bool identity) {
-  int lone = -1;
-  for (int j = identity ? 0 : 1; j < count; ++j) {
-    if (c[j] != 0) {
-      if (lone != -1 || j == 0 || c[j] != 1) {
-        return -1;
-      }
-      lone = j;
-    }
-  }
-  return lone;
-}
-
 SmallPlan build() {
   SmallPlan plan{};
   for (int d = 1; d < expm::kNumDegrees; ++d) {
@@ -40,8 +24,8 @@ SmallPlan build() {
         for (int j = 0; j < expm::kMaxSlots; ++j) {
           plan.step[step][side][j] = j < count ? float(c[j]) : 0.0f;
         }
-        plan.lone[step][side][0] = lone_slot(c, count, true);
-        plan.lone[step][side][1] = lone_slot(c, count, false);
+        plan.lone[step][side][0] = expm::lone_slot(c, count, true);
+        plan.lone[step][side][1] = expm::lone_slot(c, count, false);
       }
     }
   }
