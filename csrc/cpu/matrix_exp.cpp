@@ -3,7 +3,6 @@
 #include <algorithm>
 #include <cmath>
 #include <complex>
-#include <cstring>
 #include <limits>
 #include <memory>
 #include <thread>
@@ -41,9 +40,16 @@ constexpr int precision_of() {
 
 // The 1-norms (largest column sum of |a_ij|) of A and of A - mu I,
 // accumulated in double so that a large finite matrix does not overflow.
+// col and col_shifted hold n sums each (the caller's, reused per matrix).
 template <typename T>
-std::pair<double, double> one_norms(const T* a, int n, T mu) {
-  std::vector<double> col(n, 0.0), col_shifted(n, 0.0);
+std::pair<double, double> one_norms(
+    const T* a,
+    int n,
+    T mu,
+    std::vector<double>& col,
+    std::vector<double>& col_shifted) {
+  col.assign(n, 0.0);
+  col_shifted.assign(n, 0.0);
   for (int i = 0; i < n; ++i) {
     for (int j = 0; j < n; ++j) {
       T aij = a[size_t(i) * n + j];
@@ -114,7 +120,7 @@ class Evaluator {
 
   void run(const T* a, const T* e, T* out_x, T* out_l) {
     T mu = mean_diagonal(a, n_);
-    auto [norm, shifted_norm] = one_norms(a, n_, mu);
+    auto [norm, shifted_norm] = one_norms(a, n_, mu, col_, col_shifted_);
     if (!std::isfinite(norm)) {
       // NaN/Inf stay in their own matrix.
       std::fill(out_x, out_x + nn_, nan());
@@ -303,9 +309,10 @@ class Evaluator {
   bool with_frechet_;
   std::unique_ptr<char[]> owned_;
   T* scratch_;
+  std::vector<double> col_, col_shifted_; // column sums of the 1-norms
 };
 
-// Runs body(begin, end, worker) over [0, count) on up to hardware_concurrency
+// Runs body(begin, end) over [0, count) on up to hardware_concurrency
 // threads when the work is large enough to pay for starting them.
 template <typename Body>
 void parallel_for(int64_t count, double flops_per_item, Body body) {
@@ -314,7 +321,7 @@ void parallel_for(int64_t count, double flops_per_item, Body body) {
   int64_t by_work = int64_t(count * flops_per_item / kFlopsPerThread);
   int64_t workers = std::clamp<int64_t>(std::min(hw, by_work), 1, count);
   if (workers <= 1) {
-    body(int64_t(0), count, 0);
+    body(int64_t(0), count);
     return;
   }
   std::vector<std::thread> threads;
@@ -322,9 +329,9 @@ void parallel_for(int64_t count, double flops_per_item, Body body) {
   for (int64_t w = 1; w < workers; ++w) {
     int64_t begin = std::min(count, w * chunk);
     int64_t end = std::min(count, begin + chunk);
-    threads.emplace_back(body, begin, end, int(w));
+    threads.emplace_back(body, begin, end);
   }
-  body(int64_t(0), std::min(count, chunk), 0);
+  body(int64_t(0), std::min(count, chunk));
   for (auto& t : threads) {
     t.join();
   }
@@ -348,7 +355,7 @@ void expm_batch(
   // slower at n = 128). The tiny direct-loop sizes spread over the batch.
   bool blas = n >= cpu::kBlasMinSize;
   double flops = blas ? 0.0 : 2.0 * 8 * double(nn) * n * (e ? 3 : 1) + 1e3;
-  parallel_for(batch, flops, [&](int64_t begin, int64_t end, int) {
+  parallel_for(batch, flops, [&](int64_t begin, int64_t end) {
     Evaluator<T> ev(n, e != nullptr);
     for (int64_t b = begin; b < end; ++b) {
       size_t off = size_t(b) * nn;
