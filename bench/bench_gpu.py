@@ -3,7 +3,11 @@ torch.linalg.matrix_exp (CUDA, TF32 off), jax.scipy.linalg.expm and
 cupyx.scipy.linalg.expm, where installed.
 
 Inputs: float32 (or complex64) Gaussian matrices scaled so each 1-norm is
-about 4 (times `scale`). Times are end-to-end per call, host clock around
+about 4 (times `scale`). Beside the libraries: the user's pure-MLX version
+(bench/mlx_ops_baseline.py, MLX's default TF32 matmul), the distance to the
+GEMM limit for single matrices (our time / (products x one cuBLAS FP32
+GEMM of that size, torch.matmul with TF32 off)) and the cost of the vjp
+against the forward. Times are end-to-end per call, host clock around
 call + synchronisation (mx.eval / torch.cuda.synchronize /
 block_until_ready / device synchronize), medians after warm-up. Errors are
 normwise relative errors against float64 SciPy on the same inputs.
@@ -16,6 +20,7 @@ import json
 import os
 import platform
 import statistics
+import sys
 import time
 
 # JAX must not take most of the GPU memory for itself.
@@ -25,6 +30,12 @@ import mlx.core as mx
 import mlx_linalg_ext as mle
 import numpy as np
 import scipy.linalg as sla
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
+sys.path.insert(0, os.path.join(HERE, "..", "tests"))
+import mlx_ops_baseline
+from expm_testutils import THETA32
 
 CASES = [
     # (batch, n, dtype, scale)
@@ -36,6 +47,7 @@ CASES = [
     (1, 256, "float32", 1.0),
     (1, 1024, "float32", 1.0),
     (1, 2048, "float32", 1.0),
+    (1, 4096, "float32", 0.12),
     (4096, 16, "complex64", 1.0),
     (1, 1024, "complex64", 1.0),
 ]
@@ -119,6 +131,61 @@ def bench_mlx(a, reps):
     return med, np.array(out)
 
 
+def bench_mlx_ops(a, reps):
+    """The user's pure-MLX version (host syncs; TF32 matmuls unless
+    MLX_ENABLE_TF32=0)."""
+    x = on_gpu(a)
+    with mx.stream(mx.gpu):
+        med, out = time_fn(
+            lambda: mlx_ops_baseline.matrix_exp(x), lambda y: mx.eval(y), reps
+        )
+    return med, np.array(out)
+
+
+def products_needed(a):
+    """Matrix products our algorithm spends on a (largest over the batch):
+    the degree's products (1, 2, 4, 8, 12, 18 -> 0..5) plus the squarings,
+    from the 1-norm after the optional trace shift (expm_numerics.h)."""
+    n = a.shape[-1]
+    w = a.astype(np.complex128 if np.iscomplexobj(a) else np.float64)
+    norm = np.abs(w).sum(axis=-2).max(axis=-1)
+    mu = np.trace(w, axis1=-2, axis2=-1) / n
+    shifted = np.abs(w - mu[:, None, None] * np.eye(n)).sum(axis=-2).max(axis=-1)
+    most = 0
+    for v in np.minimum(norm, shifted):
+        d = next((i for i, t in enumerate(THETA32) if v <= t), len(THETA32) - 1)
+        s = max(0, int(np.ceil(np.log2(v / THETA32[-1])))) if v > THETA32[-1] else 0
+        most = max(most, d + s)
+    return most
+
+
+def torch_gemm_ms(n, dtype, reps):
+    """One n x n cuBLAS GEMM, FP32 (TF32 off), the unit of the GEMM limit."""
+    import torch
+
+    torch.backends.cuda.matmul.allow_tf32 = False
+    tdt = torch.complex64 if dtype == "complex64" else torch.float32
+    x = torch.randn(n, n, dtype=tdt, device="cuda")
+    med, _ = time_fn(lambda: x @ x, lambda y: torch.cuda.synchronize(), reps)
+    return med
+
+
+def bench_vjp(a, reps):
+    """Forward, and the backward pass alone (mx.vjp's cotangent with exp(a)
+    left unevaluated: what a training step adds to its forward)."""
+    x = on_gpu(a)
+    g = on_gpu(make_input(a.shape[0], a.shape[-1], "float32", 1.0, seed=2))
+
+    def expm_gpu(y):
+        return mle.matrix_exp(y, stream=mx.gpu)
+
+    fwd, _ = time_fn(lambda: expm_gpu(x), lambda y: mx.eval(y), reps)
+    back, _ = time_fn(
+        lambda: mx.vjp(expm_gpu, [x], [g])[1][0], lambda y: mx.eval(y), reps
+    )
+    return fwd, back
+
+
 def bench_torch(a, reps):
     import torch
 
@@ -167,6 +234,7 @@ def main():
     args = p.parse_args()
     frameworks = {
         "mlx_linalg_ext": bench_mlx,
+        "mlx_ops": bench_mlx_ops,
         "torch": bench_torch,
         "jax": bench_jax,
         "cupy": bench_cupy,
@@ -205,6 +273,15 @@ def main():
                 row[name] = {"ms": med, "relerr": relerr(out, ref)}
             except Exception as exc:  # noqa: BLE001
                 row[name] = {"error": f"{type(exc).__name__}: {exc}"[:200]}
+        if batch == 1 and "ms" in row.get("mlx_linalg_ext", {}):
+            try:
+                row["products"] = products_needed(a)
+                row["gemm_ms"] = torch_gemm_ms(n, dtype, max(5, args.reps // 2))
+                row["over_gemm_limit"] = row["mlx_linalg_ext"]["ms"] / (
+                    row["products"] * row["gemm_ms"]
+                )
+            except Exception as exc:  # noqa: BLE001
+                row["gemm_limit_error"] = f"{type(exc).__name__}: {exc}"[:200]
         rows.append(row)
         print(json.dumps(row), flush=True)
     frows = []
@@ -234,7 +311,18 @@ def main():
                     row[name] = {"error": f"{type(exc).__name__}: {exc}"[:200]}
             frows.append(row)
             print(json.dumps(row), flush=True)
-    result = {"info": info, "rows": rows, "frechet_rows": frows}
+    vrows = []
+    if not args.no_frechet and (not args.only or "vjp" in args.only):
+        for batch, n in [(4096, 16), (256, 64), (1, 256), (1, 1024)]:
+            if args.cases and f"{batch}x{n}" not in set(args.cases.split(",")):
+                continue
+            a = make_input(batch, n, "float32", 1.0)
+            fwd, back = bench_vjp(a, max(5, args.reps // 2))
+            row = {"batch": batch, "n": n, "fwd_ms": fwd, "backward_ms": back}
+            row["backward_over_forward"] = back / fwd
+            vrows.append(row)
+            print(json.dumps(row), flush=True)
+    result = {"info": info, "rows": rows, "frechet_rows": frows, "vjp_rows": vrows}
     out = args.out or os.path.join(
         os.environ.get("OUT", os.path.join(os.path.dirname(__file__), "results")),
         "bench_gpu.json",
@@ -262,7 +350,13 @@ def main():
         sp = "-"
         if "ms" in r.get("torch", {}) and "ms" in r.get("mlx_linalg_ext", {}):
             sp = f"{r['torch']['ms'] / r['mlx_linalg_ext']['ms']:.1f}x"
-        print(f"{case:24s}" + "".join(cells) + f"{sp:>11s}")
+        limit = ""
+        if "over_gemm_limit" in r:
+            limit = (
+                f"  {r['products']} products x {r['gemm_ms']:.3f} ms GEMM:"
+                f" {r['over_gemm_limit']:.2f}x the limit"
+            )
+        print(f"{case:24s}" + "".join(cells) + f"{sp:>11s}" + limit)
     for r in frows:
         case = f"L(A,E) {r['batch']}x{r['n']}x{r['n']}"
         cells = []
@@ -274,6 +368,12 @@ def main():
                 else f"{'error':>22s}"
             )
         print(f"{case:24s}" + "".join(cells))
+    for r in vrows:
+        print(
+            f"vjp {r['batch']}x{r['n']}x{r['n']}: forward {r['fwd_ms']:.3f} ms,"
+            f" backward {r['backward_ms']:.3f} ms,"
+            f" backward/forward {r['backward_over_forward']:.2f}x"
+        )
     print(f"wrote {out}")
 
 

@@ -10,7 +10,9 @@
 #   python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 \
 #     --implementation cp --platform manylinux_2_28_x86_64 -d .whl scipy-openblas32
 # (.whl/ is git-ignored.)
-# STAGES (default "build selfcheck test bench"; also "profile", "variants")
+# STAGES (default "build selfcheck test bench"; also "profile", "variants":
+# the GEMM path for small n, SIMT or tensor-core products for other n;
+# "accuracy": scripts/gpu_accuracy.py against PyTorch)
 # picks the steps;
 # PYTEST_ARGS adds pytest arguments; BENCH_ARGS adds benchmark arguments.
 set -uo pipefail
@@ -93,6 +95,19 @@ fi
 if stage variants; then
   echo "== benchmark: GEMM path for every size (MLX_LINALG_EXT_CUDA_SMALL_MAX=0)"
   MLX_LINALG_EXT_CUDA_SMALL_MAX=0 python3 bench/bench_gpu.py --only mlx_linalg_ext \
-    --cases 4096x16,1024x32 --out "$OUT/bench_small0.json" 2>&1 | tail -5
+    --cases 4096x16,1024x32,256x64 --no-frechet --out "$OUT/bench_small0.json" 2>&1 |
+    grep -E "^(flo|com)"
+  echo "== benchmark: SIMT FP32 products only (MLX_LINALG_EXT_CUDA_TC_MIN=1000000)"
+  MLX_LINALG_EXT_CUDA_TC_MIN=1000000 python3 bench/bench_gpu.py --only mlx_linalg_ext \
+    --cases 1x1024,1x2048 --no-frechet --out "$OUT/bench_simt.json" 2>&1 |
+    grep -E "^(flo|com)"
+  echo "== benchmark: 3xTF32 products from n = 64 (MLX_LINALG_EXT_CUDA_TC_MIN=64)"
+  MLX_LINALG_EXT_CUDA_TC_MIN=64 python3 bench/bench_gpu.py --only mlx_linalg_ext \
+    --cases 64x128,1x256 --no-frechet --out "$OUT/bench_tc64.json" 2>&1 |
+    grep -E "^(flo|com)"
+fi
+if stage accuracy; then
+  echo "== accuracy against the 1-norm (ours with the default kernels, PyTorch)"
+  python3 scripts/gpu_accuracy.py --torch --out "$OUT/accuracy.json" 2>&1 | tail -40
 fi
 exit $status

@@ -9,9 +9,10 @@
 // decided and used on the device.
 //
 // Two paths:
-// - n <= 32: one fused kernel for the whole batch, one block per matrix that
-//   holds everything in shared memory and runs norms, degree, product
-//   program and its own squaring loop (one launch for any batch);
+// - n <= 32 (64 for float without the derivative): one fused kernel for the
+//   whole batch, one block per matrix that holds everything in shared memory
+//   and runs norms, degree, product program and its own squaring loop (one
+//   launch for any batch);
 // - larger n: a parameter kernel writes (shift, mu, degree, s) per matrix to
 //   a device buffer; the combine and GEMM launches of the product program
 //   read it and exit for matrices that do not need their step (5 predicated
@@ -21,7 +22,9 @@
 //   what is co-resident on the GPU). So the launch count does not depend on
 //   s, whose bound is expm::kMaxSquaringsSingle = 128 (only +Inf gets there,
 //   and it is caught as non-finite first).
-// All products are full FP32 FMA (SIMT), never TF32.
+// Products keep FP32 accuracy, never plain TF32: FP32 FMA (SIMT) in the
+// fused kernel and below n = 512 (tc_min), above on tensor cores in
+// split-precision 3xTF32 (tf32x3_tile.cuh, CUTLASS mainloops).
 //
 // Launches go through MLX's command encoder as CUfunction handles
 // (libmlx.so carries its own static CUDA runtime, which does not know this
@@ -47,6 +50,7 @@
 #define EXPM_TABLE static __constant__ const
 #define EXPM_FN __device__ inline
 #include "cuda/small_plan.h"
+#include "cuda/tf32x3_tile.cuh"
 #include "expm_numerics.h"
 #include "primitives.h"
 
@@ -250,7 +254,8 @@ CUfunction cu_function(Kernel kernel, size_t smem = 0) {
     check_cuda(cudaGetFuncBySymbol(&f, key), "cudaGetFuncBySymbol");
     it->second.f = reinterpret_cast<CUfunction>(f);
   }
-  if (smem > 48 * 1024 && smem > it->second.smem) {
+  // Also at exactly 48 KiB: a kernel's static shared memory counts too.
+  if (smem >= 48 * 1024 && smem > it->second.smem) {
     // Runtime API on this library's own kernel: the same CUfunction, and no
     // link to libcuda is needed (CI has no driver).
     check_cuda(
@@ -280,7 +285,9 @@ int device_attr(cudaDeviceAttr attr) {
 //
 // One block per matrix; every matrix of the product program lives in shared
 // memory: slots A, P2..P6, operands L, R (and the same again for the
-// derivative). The kernel is compiled for a padded size N (4, 8, 16, 32):
+// derivative). The kernel is compiled for a padded size N (4, 8, 16, 32,
+// and 64 where its 8 buffers fit the shared memory: float without the
+// derivative, 136 KiB):
 // an n x n matrix (n <= N) sits in the top-left corner of an N x N one whose
 // other entries are zero, i.e. exp of the block diagonal [[A, 0], [0, 0]],
 // whose top-left block is exp(A) exactly (every product, combination and
@@ -297,7 +304,7 @@ int device_attr(cudaDeviceAttr attr) {
 constexpr int kSmallBuffers = 8; // A, P2..P6, L, R
 
 inline int small_size(int n) {
-  return n <= 4 ? 4 : n <= 8 ? 8 : n <= 16 ? 16 : 32;
+  return n <= 4 ? 4 : n <= 8 ? 8 : n <= 16 ? 16 : n <= 32 ? 32 : 64;
 }
 
 template <typename T>
@@ -619,8 +626,15 @@ void launch_small(
       return go(expm_small_kernel<T, kFrechet, 8>, SmallThreads<8>::value);
     case 16:
       return go(expm_small_kernel<T, kFrechet, 16>, SmallThreads<16>::value);
-    default:
+    case 32:
       return go(expm_small_kernel<T, kFrechet, 32>, SmallThreads<32>::value);
+    default:
+      // N = 64 fits the shared memory for float without the derivative only
+      // (expm_gpu checks small_smem_bytes against the device first).
+      if constexpr (std::is_same_v<T, float> && !kFrechet) {
+        return go(expm_small_kernel<T, kFrechet, 64>, SmallThreads<64>::value);
+      }
+      throw std::logic_error("[matrix_exp] No fused kernel for this size.");
   }
 }
 
@@ -1027,12 +1041,66 @@ __device__ inline void gemm_tile(
   }
 }
 
-// Product k of the program: grid (tiles, tiles, batch x (1 or 2)); z odd is
-// the derivative dP = dL R + L dR. Matrices whose degree has no product k exit.
+// Tile policies of the product and squaring kernels: this SIMT tile, or the
+// 3xTF32 tensor-core tiles of tf32x3_tile.cuh (same interface; Element is
+// float or cutlass::complex<float>, whose layout is c64's).
 template <typename T, bool kBig>
-__global__ void __launch_bounds__(kGemmThreads)
+struct SimtTile {
+  using Element = T;
+  using SharedStorage = GemmSmem<T, kBig>;
+  static constexpr int kRows = GemmShape<T, kBig>::kTile;
+  static constexpr int kCols = kRows;
+  static constexpr int kThreads = kGemmThreads;
+  __device__ static void run(
+      const T* A1,
+      const T* B1,
+      const T* A2,
+      const T* B2,
+      T* C,
+      int n,
+      int row0,
+      int col0,
+      SharedStorage& sm) {
+    gemm_tile<T, kBig>(A1, B1, A2, B2, C, n, row0, col0, sm);
+  }
+};
+
+template <typename Tile>
+__device__ inline typename Tile::SharedStorage& tile_smem() {
+  extern __shared__ __align__(16) unsigned char gemm_smem[];
+  return *reinterpret_cast<typename Tile::SharedStorage*>(gemm_smem);
+}
+
+template <typename Tile, typename T>
+__device__ inline void run_tile(
+    const T* A1,
+    const T* B1,
+    const T* A2,
+    const T* B2,
+    T* C,
+    int n,
+    int row0,
+    int col0) {
+  using E = typename Tile::Element;
+  static_assert(sizeof(E) == sizeof(T) && alignof(E) <= alignof(T));
+  Tile::run(
+      reinterpret_cast<const E*>(A1),
+      reinterpret_cast<const E*>(B1),
+      reinterpret_cast<const E*>(A2),
+      reinterpret_cast<const E*>(B2),
+      reinterpret_cast<E*>(C),
+      n,
+      row0,
+      col0,
+      tile_smem<Tile>());
+}
+
+// Product k of the program: grid (column tiles, row tiles, batch x (1 or
+// 2)); z odd is the derivative dP = dL R + L dR. Matrices whose degree has no
+// product k exit.
+template <typename T, typename Tile>
+__global__ void __launch_bounds__(Tile::kThreads)
     product_kernel(int b0, int k, Work w) {
-  __shared__ GemmSmem<T, kBig> sm;
   int dual = w.frechet ? blockIdx.z % 2 : 0;
   int b = b0 + (w.frechet ? blockIdx.z / 2 : blockIdx.z);
   Params p = w.params[b];
@@ -1047,16 +1115,22 @@ __global__ void __launch_bounds__(kGemmThreads)
   };
   const T* l = operand(expm::kStepLeft[step], 0, 0);
   const T* r = operand(expm::kStepRight[step], 1, 0);
-  constexpr int kTile = GemmShape<T, kBig>::kTile;
-  int row0 = blockIdx.y * kTile, col0 = blockIdx.x * kTile;
+  int row0 = blockIdx.y * Tile::kRows, col0 = blockIdx.x * Tile::kCols;
   if (dual == 0) {
-    gemm_tile<T, kBig>(
-        l, r, nullptr, nullptr, wbuf<T>(w, b, 2 + k - 1), w.n, row0, col0, sm);
+    run_tile<Tile>(
+        l,
+        r,
+        (const T*)nullptr,
+        (const T*)nullptr,
+        wbuf<T>(w, b, 2 + k - 1),
+        w.n,
+        row0,
+        col0);
   } else {
     const T* dl = operand(expm::kStepLeft[step], 0, 1);
     const T* dr = operand(expm::kStepRight[step], 1, 1);
-    gemm_tile<T, kBig>(
-        dl, r, l, dr, wbuf<T>(w, b, kBuffers + 2 + k - 1), w.n, row0, col0, sm);
+    run_tile<Tile>(
+        dl, r, l, dr, wbuf<T>(w, b, kBuffers + 2 + k - 1), w.n, row0, col0);
   }
 }
 
@@ -1084,10 +1158,9 @@ __device__ inline void grid_barrier(unsigned int* bar) {
 
 // All squarings of the batch: iteration i squares every matrix with s > i,
 // reading L / R alternately; the last squaring of a matrix writes the output.
-template <typename T, bool kBig>
-__global__ void __launch_bounds__(kGemmThreads)
+template <typename T, typename Tile>
+__global__ void __launch_bounds__(Tile::kThreads)
     square_kernel(T* x_out, T* l_out, Work w) {
-  __shared__ GemmSmem<T, kBig> sm;
   __shared__ int smax_shared;
   if (threadIdx.x == 0) {
     smax_shared = 0;
@@ -1100,9 +1173,9 @@ __global__ void __launch_bounds__(kGemmThreads)
   atomicMax(&smax_shared, local);
   __syncthreads();
   const int smax = smax_shared;
-  constexpr int kTile = GemmShape<T, kBig>::kTile;
-  const int tiles = (w.n + kTile - 1) / kTile;
-  const int per_matrix = tiles * tiles * (w.frechet ? 2 : 1);
+  const int tiles_m = (w.n + Tile::kRows - 1) / Tile::kRows;
+  const int tiles_n = (w.n + Tile::kCols - 1) / Tile::kCols;
+  const int per_matrix = tiles_m * tiles_n * (w.frechet ? 2 : 1);
   const long total = long(per_matrix) * w.batch;
   const size_t nn = size_t(w.n) * w.n;
   for (int i = 0; i < smax; ++i) {
@@ -1115,17 +1188,19 @@ __global__ void __launch_bounds__(kGemmThreads)
       }
       int dual = w.frechet ? r % 2 : 0;
       int tile = w.frechet ? r / 2 : r;
-      int row0 = (tile / tiles) * kTile, col0 = (tile % tiles) * kTile;
+      int row0 = (tile / tiles_n) * Tile::kRows;
+      int col0 = (tile % tiles_n) * Tile::kCols;
       bool last = i == s - 1;
       const T* x = wbuf<T>(w, b, 6 + (i % 2));
       if (dual == 0) {
         T* y = last ? x_out + nn * b : wbuf<T>(w, b, 6 + (i + 1) % 2);
-        gemm_tile<T, kBig>(x, x, nullptr, nullptr, y, w.n, row0, col0, sm);
+        run_tile<Tile>(
+            x, x, (const T*)nullptr, (const T*)nullptr, y, w.n, row0, col0);
       } else {
         const T* dx = wbuf<T>(w, b, kBuffers + 6 + (i % 2));
         T* dy =
             last ? l_out + nn * b : wbuf<T>(w, b, kBuffers + 6 + (i + 1) % 2);
-        gemm_tile<T, kBig>(x, dx, dx, x, dy, w.n, row0, col0, sm);
+        run_tile<Tile>(x, dx, dx, x, dy, w.n, row0, col0);
       }
     }
     if (i + 1 < smax) {
@@ -1136,13 +1211,30 @@ __global__ void __launch_bounds__(kGemmThreads)
 
 // ================================ dispatch ==================================
 
-// Largest n that takes the fused one-block path: 32, the largest padded size
-// compiled. MLX_LINALG_EXT_CUDA_SMALL_MAX=k (k < 32) lowers it, to test and
-// time the GEMM path on small matrices.
+// Largest n that takes the fused one-block path: 64, the largest padded size
+// compiled (when its shared memory fits, else 32).
+// MLX_LINALG_EXT_CUDA_SMALL_MAX=k (k < 64) lowers it, to test and time the GEMM
+// path on small matrices.
 int small_max() {
   static int v = [] {
     const char* s = std::getenv("MLX_LINALG_EXT_CUDA_SMALL_MAX");
-    return s ? std::atoi(s) : 32;
+    return s ? std::atoi(s) : 64;
+  }();
+  return v;
+}
+
+// Smallest n whose products run on tensor cores (3xTF32); below it SIMT
+// FP32. 3xTF32 rounds each operand to ~22 bits (big part truncated to TF32,
+// remainder rounded to TF32): its error barely depends on n, whereas FP32
+// accumulation error grows with n. Measured on an H200
+// (scripts/gpu_accuracy.py, 1-norms 1..300): at n = 1024 3xTF32 is 0.4-1.6x
+// PyTorch's FP32 error, at n = 96..256 up to 5.6x SIMT's; and SIMT costs
+// only 1.1-1.3x the time there. MLX_LINALG_EXT_CUDA_TC_MIN=k overrides it (a
+// huge k: FP32 SIMT only, the most accurate; 64: fastest).
+int tc_min() {
+  static int v = [] {
+    const char* s = std::getenv("MLX_LINALG_EXT_CUDA_TC_MIN");
+    return s ? std::atoi(s) : 512;
   }();
   return v;
 }
@@ -1192,7 +1284,7 @@ void expm_gpu(
 
   size_t smem = small_smem_bytes<T>(n, frechet);
   int smem_optin = device_attr(cudaDevAttrMaxSharedMemoryPerBlockOptin);
-  if (n <= std::min(small_max(), 32) && smem <= size_t(smem_optin)) {
+  if (n <= std::min(small_max(), 64) && smem <= size_t(smem_optin)) {
     auto add_small = [&](CUfunction f, dim3 grid, dim3 block, uint32_t sm) {
       add(f, grid, block, sm, pa, pe, px, pl, n, cuda::small_plan());
     };
@@ -1253,14 +1345,14 @@ void expm_gpu(
   chunks([&](int b0, int nb) {
     add(scale_f, dim3(ew_blocks, nb), dim3(256), 0, b0, pa, pe, w);
   });
-  // The products, the approximant and the squarings, with GEMM tiles of
-  // 128 (float, when there are enough of them for the GPU) or 64.
-  auto gemm_steps = [&](auto big_tag) {
-    constexpr bool kBig = decltype(big_tag)::value;
-    constexpr int kTile = GemmShape<T, kBig>::kTile;
-    int tiles = (n + kTile - 1) / kTile;
+  // The products, the approximant and the squarings, with one tile policy.
+  auto gemm_steps = [&](auto tile_tag) {
+    using Tile = typename decltype(tile_tag)::type;
+    constexpr uint32_t smem = sizeof(typename Tile::SharedStorage);
+    int tiles_m = (n + Tile::kRows - 1) / Tile::kRows;
+    int tiles_n = (n + Tile::kCols - 1) / Tile::kCols;
     CUfunction comb = cu_function(combine_kernel<T>);
-    CUfunction prod = cu_function(product_kernel<T, kBig>);
+    CUfunction prod = cu_function(product_kernel<T, Tile>, smem);
     // Product k of every matrix whose degree has one: at most five.
     for (int k = 0; k < expm::kMaxSlots - 2; ++k) {
       chunks([&](int b0, int nb) {
@@ -1268,9 +1360,9 @@ void expm_gpu(
       });
       chunks([&](int b0, int nb) {
         add(prod,
-            dim3(tiles, tiles, nb * (frechet ? 2 : 1)),
-            dim3(kGemmThreads),
-            0,
+            dim3(tiles_n, tiles_m, nb * (frechet ? 2 : 1)),
+            dim3(Tile::kThreads),
+            smem,
             b0,
             k,
             w);
@@ -1282,29 +1374,45 @@ void expm_gpu(
 
     // Persistent squaring kernel: no more blocks than can be resident at
     // once (its grid barrier needs them all).
-    CUfunction sq = cu_function(square_kernel<T, kBig>);
+    CUfunction sq = cu_function(square_kernel<T, Tile>, smem);
     static int per_sm = [] {
       int v = 0;
       check_cuda(
           cudaOccupancyMaxActiveBlocksPerMultiprocessor(
-              &v, square_kernel<T, kBig>, kGemmThreads, 0),
+              &v, square_kernel<T, Tile>, Tile::kThreads, smem),
           "cudaOccupancyMaxActiveBlocksPerMultiprocessor");
-      return v;
+      return std::max(v, 1);
     }();
-    long tasks = long(tiles) * tiles * (frechet ? 2 : 1) * batch;
+    long tasks = long(tiles_m) * tiles_n * (frechet ? 2 : 1) * batch;
     int grid =
         int(std::max<long>(1, std::min<long>(tasks, long(sms) * per_sm)));
-    add(sq, dim3(grid), dim3(kGemmThreads), 0, px, pl, w);
+    add(sq, dim3(grid), dim3(Tile::kThreads), smem, px, pl, w);
   };
-  // 128-tiles for n >= 256 when there are at least as many as SMs.
+  if (n >= tc_min()) {
+    if constexpr (std::is_same_v<T, float>) {
+      // 16-byte accesses need n % 4 == 0 and 16-byte aligned matrices.
+      auto aligned = [](const void* p) {
+        return reinterpret_cast<uintptr_t>(p) % 16 == 0;
+      };
+      if (n % 4 == 0 && aligned(px) && aligned(base) && (!pl || aligned(pl))) {
+        gemm_steps(std::type_identity<tc::Tile<tc::FloatGemm<4>>>{});
+      } else {
+        gemm_steps(std::type_identity<tc::Tile<tc::FloatGemm<1>>>{});
+      }
+    } else {
+      gemm_steps(std::type_identity<tc::Tile<tc::ComplexGemm>>{});
+    }
+    return;
+  }
+  // SIMT tiles of 128 for n >= 256 when there are at least as many as SMs.
   long big_tiles = long((n + 127) / 128) * ((n + 127) / 128) * batch;
   if constexpr (std::is_same_v<T, float>) {
     if (n >= 256 && big_tiles >= sms) {
-      gemm_steps(std::true_type{});
+      gemm_steps(std::type_identity<SimtTile<T, true>>{});
       return;
     }
   }
-  gemm_steps(std::false_type{});
+  gemm_steps(std::type_identity<SimtTile<T, false>>{});
 }
 
 void eval_gpu_dispatch(
