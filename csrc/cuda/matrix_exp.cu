@@ -1230,7 +1230,7 @@ int small_max() {
 // (scripts/gpu_accuracy.py, 1-norms 1..300): at n = 1024 3xTF32 is 0.4-1.6x
 // PyTorch's FP32 error, at n = 96..256 up to 5.6x SIMT's; and SIMT costs
 // only 1.1-1.3x the time there. MLX_LINALG_EXT_CUDA_TC_MIN=k overrides it (a
-// huge k: FP32 SIMT only, the most accurate; 64: fastest).
+// huge k: FP32 SIMT only; 64: tensor cores from n = 64, fastest).
 int tc_min() {
   static int v = [] {
     const char* s = std::getenv("MLX_LINALG_EXT_CUDA_TC_MIN");
