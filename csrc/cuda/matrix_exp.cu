@@ -997,53 +997,10 @@ __device__ inline void gemm_accumulate(
   }
 }
 
-template <typename T, bool kBig>
-__device__ inline void gemm_tile(
-    const T* A1,
-    const T* B1,
-    const T* A2,
-    const T* B2,
-    T* C,
-    int n,
-    int row0,
-    int col0,
-    GemmSmem<T, kBig>& sm) {
-  constexpr int M = GemmShape<T, kBig>::kTile / 16;
-  T acc[M][M];
-#pragma unroll
-  for (int i = 0; i < M; ++i) {
-#pragma unroll
-    for (int j = 0; j < M; ++j) {
-      acc[i][j] = real_to<T>(0.0f);
-    }
-  }
-  gemm_accumulate(A1, B1, n, row0, col0, sm, acc);
-  if (A2) {
-    gemm_accumulate(A2, B2, n, row0, col0, sm, acc);
-  }
-  int tx = threadIdx.x % 16, ty = threadIdx.x / 16;
-#pragma unroll
-  for (int i = 0; i < M; ++i) {
-#pragma unroll
-    for (int j = 0; j < M; ++j) {
-      int r, c;
-      if constexpr (M == 8) {
-        r = row0 + (i / 4) * 64 + 4 * ty + i % 4;
-        c = col0 + (j / 4) * 64 + 4 * tx + j % 4;
-      } else {
-        r = row0 + ty + 16 * i;
-        c = col0 + tx + 16 * j;
-      }
-      if (r < n && c < n) {
-        C[size_t(r) * n + c] = acc[i][j];
-      }
-    }
-  }
-}
-
-// Tile policies of the product and squaring kernels: this SIMT tile, or the
-// 3xTF32 tensor-core tiles of tf32x3_tile.cuh (same interface; Element is
-// float or cutlass::complex<float>, whose layout is c64's).
+// Tile policies of the product and squaring kernels: SimtTile (FP32 FMA
+// over the gemm_accumulate loops above), or the 3xTF32 tensor-core tiles of
+// tf32x3_tile.cuh (same interface; Element is float or
+// cutlass::complex<float>, whose layout is c64's).
 template <typename T, bool kBig>
 struct SimtTile {
   using Element = T;
@@ -1051,6 +1008,7 @@ struct SimtTile {
   static constexpr int kRows = GemmShape<T, kBig>::kTile;
   static constexpr int kCols = kRows;
   static constexpr int kThreads = kGemmThreads;
+  // C[tile] = A1 B1 (+ A2 B2 when A2 is not null).
   __device__ static void run(
       const T* A1,
       const T* B1,
@@ -1061,7 +1019,37 @@ struct SimtTile {
       int row0,
       int col0,
       SharedStorage& sm) {
-    gemm_tile<T, kBig>(A1, B1, A2, B2, C, n, row0, col0, sm);
+    constexpr int M = GemmShape<T, kBig>::kTile / 16;
+    T acc[M][M];
+#pragma unroll
+    for (int i = 0; i < M; ++i) {
+#pragma unroll
+      for (int j = 0; j < M; ++j) {
+        acc[i][j] = real_to<T>(0.0f);
+      }
+    }
+    gemm_accumulate(A1, B1, n, row0, col0, sm, acc);
+    if (A2) {
+      gemm_accumulate(A2, B2, n, row0, col0, sm, acc);
+    }
+    int tx = threadIdx.x % 16, ty = threadIdx.x / 16;
+#pragma unroll
+    for (int i = 0; i < M; ++i) {
+#pragma unroll
+      for (int j = 0; j < M; ++j) {
+        int r, c;
+        if constexpr (M == 8) {
+          r = row0 + (i / 4) * 64 + 4 * ty + i % 4;
+          c = col0 + (j / 4) * 64 + 4 * tx + j % 4;
+        } else {
+          r = row0 + ty + 16 * i;
+          c = col0 + tx + 16 * j;
+        }
+        if (r < n && c < n) {
+          C[size_t(r) * n + c] = acc[i][j];
+        }
+      }
+    }
   }
 };
 
@@ -1117,15 +1105,8 @@ __global__ void __launch_bounds__(Tile::kThreads)
   const T* r = operand(expm::kStepRight[step], 1, 0);
   int row0 = blockIdx.y * Tile::kRows, col0 = blockIdx.x * Tile::kCols;
   if (dual == 0) {
-    run_tile<Tile>(
-        l,
-        r,
-        (const T*)nullptr,
-        (const T*)nullptr,
-        wbuf<T>(w, b, 2 + k - 1),
-        w.n,
-        row0,
-        col0);
+    run_tile<Tile, T>(
+        l, r, nullptr, nullptr, wbuf<T>(w, b, 2 + k - 1), w.n, row0, col0);
   } else {
     const T* dl = operand(expm::kStepLeft[step], 0, 1);
     const T* dr = operand(expm::kStepRight[step], 1, 1);
@@ -1194,8 +1175,7 @@ __global__ void __launch_bounds__(Tile::kThreads)
       const T* x = wbuf<T>(w, b, 6 + (i % 2));
       if (dual == 0) {
         T* y = last ? x_out + nn * b : wbuf<T>(w, b, 6 + (i + 1) % 2);
-        run_tile<Tile>(
-            x, x, (const T*)nullptr, (const T*)nullptr, y, w.n, row0, col0);
+        run_tile<Tile, T>(x, x, nullptr, nullptr, y, w.n, row0, col0);
       } else {
         const T* dx = wbuf<T>(w, b, kBuffers + 6 + (i % 2));
         T* dy =
