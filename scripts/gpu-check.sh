@@ -11,7 +11,8 @@
 #     --implementation cp --platform manylinux_2_28_x86_64 -d .whl scipy-openblas32
 # (.whl/ is git-ignored.)
 # STAGES (default "build selfcheck test bench"; also "profile", "variants":
-# the GEMM path for small n, SIMT or tensor-core products for other n;
+# the GEMM path for small n, SIMT or tensor-core products for other n,
+# mma.sync instead of wgmma for single large matrices;
 # "accuracy": scripts/gpu_accuracy.py against PyTorch)
 # picks the steps;
 # PYTEST_ARGS adds pytest arguments; BENCH_ARGS adds benchmark arguments.
@@ -71,6 +72,8 @@ if stage selfcheck; then
   python3 scripts/gpu_selfcheck.py 2>&1 | tee "$OUT/selfcheck.txt" || status=1
   echo "== self-check, GEMM path for every size"
   MLX_LINALG_EXT_CUDA_SMALL_MAX=0 python3 scripts/gpu_selfcheck.py 2>&1 | tee -a "$OUT/selfcheck.txt" || status=1
+  echo "== self-check, single large matrices on the wgmma path from n c = 512"
+  MLX_LINALG_EXT_CUDA_SM90_MIN=512 python3 scripts/gpu_selfcheck.py --large-only 2>&1 | tee -a "$OUT/selfcheck.txt" || status=1
 fi
 
 if stage test; then
@@ -100,6 +103,10 @@ if stage variants; then
   echo "== benchmark: SIMT FP32 products only (MLX_LINALG_EXT_CUDA_TC_MIN=1000000)"
   MLX_LINALG_EXT_CUDA_TC_MIN=1000000 python3 bench/bench_gpu.py --only mlx_linalg_ext \
     --cases 1x1024,1x2048 --no-frechet --out "$OUT/bench_simt.json" 2>&1 |
+    grep -E "^(flo|com)"
+  echo "== benchmark: mma.sync 3xTF32 instead of the Hopper wgmma path (MLX_LINALG_EXT_CUDA_SM90_MIN=1000000)"
+  MLX_LINALG_EXT_CUDA_SM90_MIN=1000000 python3 bench/bench_gpu.py --only mlx_linalg_ext \
+    --cases 1x1024,1x2048,1x4096 --no-frechet --out "$OUT/bench_mma.json" 2>&1 |
     grep -E "^(flo|com)"
   echo "== benchmark: 3xTF32 products from n = 64 (MLX_LINALG_EXT_CUDA_TC_MIN=64)"
   MLX_LINALG_EXT_CUDA_TC_MIN=64 python3 bench/bench_gpu.py --only mlx_linalg_ext \

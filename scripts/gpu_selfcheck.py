@@ -4,7 +4,9 @@ small-matrix kernel and the GEMM path), mixed norms within one batch (every
 degree, many squarings), NaN/Inf matrices, float32 and complex64.
 
 Run on the GPU machine; MLX_LINALG_EXT_CUDA_SMALL_MAX=0 in the environment
-sends every size through the GEMM path. Exit status 1 on any failure.
+sends every size through the GEMM path, MLX_LINALG_EXT_CUDA_SM90_MIN=512 the
+single large matrices through the Hopper wgmma path (--large-only: just
+those). Exit status 1 on any failure.
 """
 
 import os
@@ -53,7 +55,9 @@ def main():
     sizes = [1, 2, 3, 5, 8, 16, 17, 31, 32, 33, 48, 64, 65, 100, 129, 200, 300]
     failures = 0
     t0 = time.time()
-    for dtype in (np.float32, np.complex64):
+    # --large-only: just the single large matrices (below).
+    large_only = "--large-only" in sys.argv
+    for dtype in () if large_only else (np.float32, np.complex64):
         for n in sizes:
             # exp(3000) of a 1 x 1 matrix overflows: its large norms stop at 40.
             nl = norms if n > 1 else norms[:-1]
@@ -126,6 +130,41 @@ def main():
             print(
                 f"{np.dtype(dtype).name:9s} n={n:4d} NaN/Inf isolation {'ok' if ok else 'FAIL'}"
             )
+    # Single large matrices: the Hopper wgmma path (batch 1, n >= 512, n c %
+    # 4 == 0) with its first squarings and the persistent kernel after them
+    # (norm 40: s ~ 4-5; skew 3000: s ~ 11), and n = 514 float (mma.sync).
+    for dtype in (np.float32, np.complex64):
+        for n in (512, 514, 1024):
+            for norm in (0.4, 4.0, 40.0, 3000.0):
+                a = make_batch(rng, 1, n, dtype, [norm])
+                wide = np.complex128 if dtype == np.complex64 else np.float64
+                ref = sla.expm(a[0].astype(wide))[None]
+                x = np.array(mle.matrix_exp(mx.array(a), stream=mx.gpu))
+                err = relerr(x, ref)[0]
+                tol = 64 * U32 * max(1.0, norm)
+                line = f"x={err:.1e}"
+                bad = not err <= tol
+                if n < 1024 and norm in (4.0, 40.0):
+                    e = make_batch(rng, 1, n, dtype, [1.0])
+                    xf, lf = mle.expm_frechet(mx.array(a), mx.array(e), stream=mx.gpu)
+                    lref = sla.expm_frechet(
+                        a[0].astype(wide), e[0].astype(wide), compute_expm=False
+                    )[None]
+                    e_fx = relerr(np.array(xf), ref)[0]
+                    e_fl = relerr(np.array(lf), lref)[0]
+                    line += f" frechet x={e_fx:.1e} L={e_fl:.1e}"
+                    bad = bad or not (e_fx <= tol and e_fl <= tol * 4)
+                failures += int(bad)
+                print(
+                    f"{np.dtype(dtype).name:9s} n={n:4d} batch= 1 norm={norm:g} "
+                    f"{line} {'FAIL' if bad else 'ok'}"
+                )
+        a = make_batch(rng, 1, 512, dtype, [1.0])
+        a[0, 3, 5] = np.nan
+        x = np.array(mle.matrix_exp(mx.array(a), stream=mx.gpu))
+        ok = np.isnan(x).all()
+        failures += int(not ok)
+        print(f"{np.dtype(dtype).name:9s} n= 512 NaN {'ok' if ok else 'FAIL'}")
     # Under mx.compile, and a batch with a leading shape.
     a = make_batch(rng, 6, 12, np.float32, [0.1, 3.0, 30.0]).reshape(2, 3, 12, 12)
     f = mx.compile(lambda x: mle.matrix_exp(x, stream=mx.gpu))

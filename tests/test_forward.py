@@ -471,3 +471,23 @@ def test_large_matrix(device, rng):
     a = rounded(a, mx.float32)
     x = to_np(mle.matrix_exp(to_mx(a, mx.float32), stream=device))
     assert relerr(x, expm_ref(a)) <= tol_for(mx.float32, 30.0)
+
+
+@pytest.mark.parametrize(
+    "dtype,n", [(mx.float32, 2048), (mx.complex64, 1024)], ids=["f32", "c64"]
+)
+def test_single_large_matrix(device, rng, dtype, n):
+    """One large matrix (n c >= 2048 floats per row: the GPU's Hopper wgmma
+    path) with no squaring, a few, and more than that path runs itself (1-norm
+    60: about 5), then the Frechet derivative; against SciPy in float64."""
+    cplx = dtype == mx.complex64
+    for norm, kind in ((0.5, "gauss"), (4.0, "gauss"), (60.0, "dissipative")):
+        a = rounded(matrix_with_norm(rng, n, norm, kind, complex_=cplx), dtype)
+        x = to_np(mle.matrix_exp(to_mx(a, dtype), stream=device))
+        assert_relerr(x, expm_ref(a), tol_for(dtype, norm), f"norm {norm}")
+    a = rounded(matrix_with_norm(rng, n, 4.0, complex_=cplx), dtype)
+    e = rounded(matrix_with_norm(rng, n, 1.0, complex_=cplx), dtype)
+    xr, lr = frechet_ref(a, e)
+    x, lx = mle.expm_frechet(to_mx(a, dtype), to_mx(e, dtype), stream=device)
+    assert_relerr(to_np(x), xr, tol_for(dtype, 4.0), "frechet X")
+    assert_relerr(to_np(lx), lr, 4 * tol_for(dtype, 4.0), "frechet L")
