@@ -12,7 +12,8 @@
 # (.whl/ is git-ignored.)
 # STAGES (default "build selfcheck test bench"; also "profile", "variants":
 # the GEMM path for small n, SIMT or tensor-core products for other n,
-# mma.sync instead of wgmma for single large matrices;
+# mma.sync instead of wgmma for single large matrices; "fallback": the test
+# suite against a build of this package without CUDA kernels;
 # "accuracy": scripts/gpu_accuracy.py against PyTorch)
 # picks the steps;
 # PYTEST_ARGS adds pytest arguments; BENCH_ARGS adds benchmark arguments.
@@ -28,27 +29,32 @@ stage() { [[ " $STAGES " == *" $1 "* ]]; }
 source .kit/setup.sh || { echo "kit setup failed"; exit 1; }
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$OUT/gpu.txt"
 
+# The build environment (exports; call it in a subshell).
+build_env() {
+  # MLX's CMake package looks for cuDNN; PyTorch's wheel has it.
+  NV="$(python3 -c 'import nvidia; print(list(nvidia.__path__)[0])')"
+  CUDNN_H="$(find "$NV" -name cudnn.h -path '*cudnn*' | head -1)"
+  if [ -n "$CUDNN_H" ]; then
+    CUDNN_DIR="$(dirname "$(dirname "$CUDNN_H")")"
+    export CMAKE_ARGS="-DCUDNN_INCLUDE_PATH=$CUDNN_DIR -DCUDNN_LIBRARY_PATH=$CUDNN_DIR ${CMAKE_ARGS:-}"
+  fi
+  # The image's default g++ (/opt/gcc) is not the compiler of the system
+  # libstdc++ that Python, PyTorch and libmlx load; prefer the system one.
+  # (Seen 2026-11-26: with CXX=/opt/gcc/bin/g++ the extension carried its
+  # own static libstdc++ and crashed in std::ostringstream.)
+  # MLX_LINALG_EXT_KEEP_CXX=1 keeps the environment's compiler.
+  if [ -x /usr/bin/g++ ] && [ "${MLX_LINALG_EXT_KEEP_CXX:-0}" != 1 ]; then
+    export CC=/usr/bin/gcc CXX=/usr/bin/g++ CUDAHOSTCXX=/usr/bin/g++
+  fi
+}
+
 if stage build; then
   (
     set -e
     if ls .whl/*.whl >/dev/null 2>&1; then
       python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl
     fi
-    # MLX's CMake package looks for cuDNN; PyTorch's wheel has it.
-    NV="$(python3 -c 'import nvidia; print(list(nvidia.__path__)[0])')"
-    CUDNN_H="$(find "$NV" -name cudnn.h -path '*cudnn*' | head -1)"
-    if [ -n "$CUDNN_H" ]; then
-      CUDNN_DIR="$(dirname "$(dirname "$CUDNN_H")")"
-      export CMAKE_ARGS="-DCUDNN_INCLUDE_PATH=$CUDNN_DIR -DCUDNN_LIBRARY_PATH=$CUDNN_DIR ${CMAKE_ARGS:-}"
-    fi
-    # The image's default g++ (/opt/gcc) is not the compiler of the system
-    # libstdc++ that Python, PyTorch and libmlx load; prefer the system one.
-    # (Seen 2026-11-26: with CXX=/opt/gcc/bin/g++ the extension carried its
-    # own static libstdc++ and crashed in std::ostringstream.)
-    # MLX_LINALG_EXT_KEEP_CXX=1 keeps the environment's compiler.
-    if [ -x /usr/bin/g++ ] && [ "${MLX_LINALG_EXT_KEEP_CXX:-0}" != 1 ]; then
-      export CC=/usr/bin/gcc CXX=/usr/bin/g++ CUDAHOSTCXX=/usr/bin/g++
-    fi
+    build_env
     echo "CXX=${CXX:-default} $(${CXX:-g++} --version | head -1)"
     echo "libstdc++ of that compiler: $(${CXX:-g++} -print-file-name=libstdc++.so)"
     echo "CMAKE_ARGS=${CMAKE_ARGS:-}"
@@ -112,6 +118,33 @@ if stage variants; then
   MLX_LINALG_EXT_CUDA_TC_MIN=64 python3 bench/bench_gpu.py --only mlx_linalg_ext \
     --cases 64x128,1x256 --no-frechet --out "$OUT/bench_tc64.json" 2>&1 |
     grep -E "^(flo|com)"
+fi
+if stage fallback; then
+  # A build without GPU kernels next to MLX's CUDA backend: every op must run
+  # on the CPU stream, also when a GPU stream is asked for; the whole suite
+  # (its gpu parameters included) runs against that build.
+  echo "== fallback: this package built without CUDA kernels, on a CUDA MLX"
+  (
+    set -e
+    rm -rf /tmp/mle-build-nogpu /tmp/site-nogpu
+    # OpenBLAS beside the package: its rpath is relative to site-packages.
+    if ls .whl/*.whl >/dev/null 2>&1; then
+      python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site-nogpu .whl/*.whl
+    fi
+    build_env
+    CMAKE_ARGS="${CMAKE_ARGS:-} -DMLX_LINALG_EXT_CUDA=OFF" \
+      python3 -m pip install -v --no-build-isolation --no-deps --no-index \
+      -C build-dir=/tmp/mle-build-nogpu --target /tmp/site-nogpu .
+  ) > "$OUT/build-nogpu.log" 2>&1 || { echo "FALLBACK BUILD FAILED"; tail -30 "$OUT/build-nogpu.log"; exit 1; }
+  grep -E "mlx_linalg_ext:" "$OUT/build-nogpu.log"
+  PYTHONPATH="/tmp/site-nogpu:$PYTHONPATH" python3 -c "import mlx_linalg_ext as m, mlx.core as mx, numpy as np; a = mx.array(np.eye(3, dtype=np.float32)); print('no-GPU build: has_gpu_kernels', m.has_gpu_kernels, '| exp(I) on a GPU stream:', np.array(m.matrix_exp(a, stream=mx.gpu))[0, 0])" || status=1
+  : > "$OUT/pytest-nogpu.txt"
+  for f in tests/test_*.py; do
+    PYTHONPATH="/tmp/site-nogpu:$PYTHONPATH" python3 -m pytest -q -rfE -p no:cacheprovider \
+      "$f" >> "$OUT/pytest-nogpu.txt" 2>&1 || status=1
+    echo "$f: $(tail -1 "$OUT/pytest-nogpu.txt")"
+  done
+  grep -E "^(FAILED|ERROR)|Fatal Python error" "$OUT/pytest-nogpu.txt" | head -30
 fi
 if stage accuracy; then
   echo "== accuracy against the 1-norm (ours with the default kernels, PyTorch)"
