@@ -39,6 +39,7 @@ import scipy.linalg
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import mlx_ops_baseline
+from common import random_matrices, rel_err, wide
 
 try:
     import torch
@@ -134,25 +135,7 @@ def make_input(case: Case, seed: int, which: int = 0, norm: float = NORM):
     """
     dtype_id = list(SHORT).index(case.dtype)
     rng = np.random.default_rng([seed, case.batch, case.n, dtype_id, which])
-    shape = (case.batch, case.n, case.n)
-    a = rng.standard_normal(shape)
-    if case.dtype.startswith("complex"):
-        a = a + 1j * rng.standard_normal(shape)
-    a *= norm / one_norm(a)[..., None, None]
-    return a.astype(case.dtype)
-
-
-def one_norm(a: np.ndarray) -> np.ndarray:
-    return np.abs(a).sum(axis=-2).max(axis=-1)
-
-
-def wide(a: np.ndarray) -> np.ndarray:
-    """The same values in float64 / complex128."""
-    return a.astype(np.complex128 if np.iscomplexobj(a) else np.float64)
-
-
-def rel_err(x: np.ndarray, ref: np.ndarray) -> float:
-    return float(np.linalg.norm(wide(x) - ref) / np.linalg.norm(ref))
+    return random_matrices(rng, case.batch, case.n, case.dtype, norm)
 
 
 # ----------------------------------------------------------------------- libraries

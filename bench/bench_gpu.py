@@ -35,6 +35,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 sys.path.insert(0, os.path.join(HERE, "..", "tests"))
 import mlx_ops_baseline
+from common import products_needed, random_matrices, rel_err, wide
 from expm_testutils import THETA32
 
 CASES = [
@@ -54,23 +55,12 @@ CASES = [
 
 
 def make_input(batch, n, dtype, scale, seed=0):
-    rng = np.random.default_rng(seed)
-    a = rng.standard_normal((batch, n, n))
-    if dtype == "complex64":
-        a = a + 1j * rng.standard_normal((batch, n, n))
-    col = np.abs(a).sum(axis=-2).max(axis=-1)
-    a = a * (4.0 * scale / col)[:, None, None]
-    return a.astype(np.float32 if dtype == "float32" else np.complex64)
+    """Random normal matrices of 1-norm 4 * scale."""
+    return random_matrices(np.random.default_rng(seed), batch, n, dtype, 4.0 * scale)
 
 
 def reference(a):
-    wide = a.astype(np.complex128 if np.iscomplexobj(a) else np.float64)
-    return sla.expm(wide)
-
-
-def relerr(x, ref):
-    x = np.asarray(x).astype(ref.dtype)
-    return float(np.linalg.norm((x - ref).ravel()) / np.linalg.norm(ref.ravel()))
+    return sla.expm(wide(a))
 
 
 def time_fn(fn, sync, reps, warmup=3):
@@ -140,23 +130,6 @@ def bench_mlx_ops(a, reps):
             lambda: mlx_ops_baseline.matrix_exp(x), lambda y: mx.eval(y), reps
         )
     return med, np.array(out)
-
-
-def products_needed(a):
-    """Matrix products our algorithm spends on a (largest over the batch):
-    the degree's products (1, 2, 4, 8, 12, 18 -> 0..5) plus the squarings,
-    from the 1-norm after the optional trace shift (expm_numerics.h)."""
-    n = a.shape[-1]
-    w = a.astype(np.complex128 if np.iscomplexobj(a) else np.float64)
-    norm = np.abs(w).sum(axis=-2).max(axis=-1)
-    mu = np.trace(w, axis1=-2, axis2=-1) / n
-    shifted = np.abs(w - mu[:, None, None] * np.eye(n)).sum(axis=-2).max(axis=-1)
-    most = 0
-    for v in np.minimum(norm, shifted):
-        d = next((i for i, t in enumerate(THETA32) if v <= t), len(THETA32) - 1)
-        s = max(0, int(np.ceil(np.log2(v / THETA32[-1])))) if v > THETA32[-1] else 0
-        most = max(most, d + s)
-    return most
 
 
 def torch_gemm_ms(n, dtype, reps):
@@ -270,12 +243,12 @@ def main():
                 med, out = fn(a, reps)
                 if med is None:
                     continue
-                row[name] = {"ms": med, "relerr": relerr(out, ref)}
+                row[name] = {"ms": med, "relerr": rel_err(out, ref)}
             except Exception as exc:  # noqa: BLE001
                 row[name] = {"error": f"{type(exc).__name__}: {exc}"[:200]}
         if batch == 1 and "ms" in row.get("mlx_linalg_ext", {}):
             try:
-                row["products"] = products_needed(a)
+                row["products"] = products_needed(a, THETA32)
                 row["gemm_ms"] = torch_gemm_ms(n, dtype, max(5, args.reps // 2))
                 row["over_gemm_limit"] = row["mlx_linalg_ext"]["ms"] / (
                     row["products"] * row["gemm_ms"]
@@ -306,7 +279,7 @@ def main():
             ]:
                 try:
                     med, out = fn(a, e, max(5, args.reps // 2))
-                    row[name] = {"ms": med, "relerr": relerr(out, ref)}
+                    row[name] = {"ms": med, "relerr": rel_err(out, ref)}
                 except Exception as exc:  # noqa: BLE001
                     row[name] = {"error": f"{type(exc).__name__}: {exc}"[:200]}
             frows.append(row)
