@@ -1608,30 +1608,38 @@ void expm_gpu(
     const size_t ofs = frechet ? size_t(kv) : 0;
     std::vector<StepParams> steps(expm::kMaxSlots - 2 + kSm90Squarings);
     bool ok = true;
-    for (int k = 0; k < expm::kMaxSlots - 2; ++k) {
-      StepParams& sp = steps[k];
-      ok = ok && make(left + ofs, right, kv, buffer(1 + k), sp.value[0]);
-      sp.value[1] = sp.value[0];
-      if (frechet) {
-        ok = ok &&
-            make(left, right, 2 * kv, buffer(kBuffers + 1 + k), sp.dual[0]);
-        sp.dual[1] = sp.dual[0];
+    // A step's GEMMs writing {to_buf, to_out}: the value's with a = a0 and
+    // b = b0, K = kv; the derivative's over both terms, K = 2 kv.
+    auto step_params = [&](StepParams& sp,
+                           const float* a0,
+                           const float* b0,
+                           float* const(&val)[2],
+                           float* const(&dual)[2]) {
+      for (int o = 0; o < 2; ++o) {
+        if (o == 1 && val[1] == val[0]) { // a product: one destination
+          sp.value[1] = sp.value[0];
+          sp.dual[1] = sp.dual[0];
+          break;
+        }
+        ok = ok && make(a0, b0, kv, val[o], sp.value[o]);
+        if (frechet) {
+          ok = ok && make(left, right, 2 * kv, dual[o], sp.dual[o]);
+        }
       }
+    };
+    for (int k = 0; k < expm::kMaxSlots - 2; ++k) {
+      float* val = buffer(1 + k);
+      float* dual = buffer(kBuffers + 1 + k);
+      step_params(steps[k], left + ofs, right, {val, val}, {dual, dual});
     }
     for (int i = 0; i < kSm90Squarings; ++i) {
-      StepParams& sp = steps[expm::kMaxSlots - 2 + i];
       const int next = 6 + (i + 1) % 2;
-      ok = ok && make(left, right + ofs, kv, buffer(next), sp.value[0]);
-      ok =
-          ok &&
-          make(
-              left, right + ofs, kv, reinterpret_cast<float*>(px), sp.value[1]);
-      if (frechet) {
-        ok = ok &&
-            make(left, right, 2 * kv, buffer(kBuffers + next), sp.dual[0]);
-        ok = ok &&
-            make(left, right, 2 * kv, reinterpret_cast<float*>(pl), sp.dual[1]);
-      }
+      step_params(
+          steps[expm::kMaxSlots - 2 + i],
+          left,
+          right + ofs,
+          {buffer(next), reinterpret_cast<float*>(px)},
+          {buffer(kBuffers + next), reinterpret_cast<float*>(pl)});
     }
     if (!ok) {
       return false; // CUTLASS cannot run these shapes: the mma.sync path
@@ -1641,29 +1649,23 @@ void expm_gpu(
     CUfunction gemm = cu_function(sm90_gemm_kernel<Gemm>, Gemm::kSmemBytes);
     const dim3 cluster(Gemm::kClusterM, 1, 1);
     dim3 split_grid((n + 31) / 32, (n + 31) / 32, frechet ? 4 : 2);
-    auto gemms = [&](int op, StepParams& sp) {
-      add(split, split_grid, dim3(32, 8), 0, op, w, left, right, split_ld);
+    auto launch = [&](const typename Gemm::Params(&p)[2], int op) {
       add_cluster(
           gemm,
-          Gemm::grid_of(sp.value[0]),
+          Gemm::grid_of(p[0]),
           dim3(Gemm::kThreads),
           cluster,
           Gemm::kSmemBytes,
-          sp.value[0],
-          sp.value[1],
+          p[0],
+          p[1],
           op,
           w.params);
+    };
+    auto gemms = [&](int op, const StepParams& sp) {
+      add(split, split_grid, dim3(32, 8), 0, op, w, left, right, split_ld);
+      launch(sp.value, op);
       if (frechet) {
-        add_cluster(
-            gemm,
-            Gemm::grid_of(sp.dual[0]),
-            dim3(Gemm::kThreads),
-            cluster,
-            Gemm::kSmemBytes,
-            sp.dual[0],
-            sp.dual[1],
-            op,
-            w.params);
+        launch(sp.dual, op);
       }
     };
     for (int k = 0; k < expm::kMaxSlots - 2; ++k) {
