@@ -48,6 +48,25 @@ build_env() {
   fi
 }
 
+# The pytest suite, one process per test file (so that a crash hides
+# nothing), into the log $1; failures set status.
+suite() {
+  : > "$1"
+  for f in tests/test_*.py; do
+    python3 -m pytest -q -rfE -p no:cacheprovider "$f" ${PYTEST_ARGS:-} >> "$1" 2>&1 || status=1
+    echo "$f: $(tail -1 "$1")"
+  done
+  grep -E "^(FAILED|ERROR)|Fatal Python error|^  File \"/work" "$1" | head -60
+}
+
+# Our kernels alone under one environment setting:
+# variant TITLE NAME=VALUE CASES OUTNAME
+variant() {
+  echo "== benchmark: $1 ($2)"
+  env "$2" python3 bench/bench_gpu.py --only mlx_linalg_ext --cases "$3" \
+    --no-frechet --out "$OUT/$4.json" 2>&1 | grep -E "^(flo|com)"
+}
+
 if stage build; then
   (
     set -e
@@ -84,12 +103,7 @@ fi
 
 if stage test; then
   echo "== pytest (one process per test file, so that a crash hides nothing)"
-  : > "$OUT/pytest.txt"
-  for f in tests/test_*.py; do
-    python3 -m pytest -q -rfE -p no:cacheprovider "$f" ${PYTEST_ARGS:-} >> "$OUT/pytest.txt" 2>&1 || status=1
-    echo "$f: $(tail -1 "$OUT/pytest.txt")"
-  done
-  grep -E "^(FAILED|ERROR)|Fatal Python error|^  File \"/work" "$OUT/pytest.txt" | head -60
+  suite "$OUT/pytest.txt"
 fi
 
 if stage profile; then
@@ -102,22 +116,14 @@ if stage bench; then
   python3 bench/bench_gpu.py --out "$OUT/bench_gpu.json" ${BENCH_ARGS:-} 2>&1 | tee "$OUT/bench.txt" || status=1
 fi
 if stage variants; then
-  echo "== benchmark: GEMM path for every size (MLX_LINALG_EXT_CUDA_SMALL_MAX=0)"
-  MLX_LINALG_EXT_CUDA_SMALL_MAX=0 python3 bench/bench_gpu.py --only mlx_linalg_ext \
-    --cases 4096x16,1024x32,256x64 --no-frechet --out "$OUT/bench_small0.json" 2>&1 |
-    grep -E "^(flo|com)"
-  echo "== benchmark: SIMT FP32 products only (MLX_LINALG_EXT_CUDA_TC_MIN=1000000)"
-  MLX_LINALG_EXT_CUDA_TC_MIN=1000000 python3 bench/bench_gpu.py --only mlx_linalg_ext \
-    --cases 1x1024,1x2048 --no-frechet --out "$OUT/bench_simt.json" 2>&1 |
-    grep -E "^(flo|com)"
-  echo "== benchmark: mma.sync 3xTF32 instead of the Hopper wgmma path (MLX_LINALG_EXT_CUDA_SM90_MIN=1000000)"
-  MLX_LINALG_EXT_CUDA_SM90_MIN=1000000 python3 bench/bench_gpu.py --only mlx_linalg_ext \
-    --cases 1x1024,1x2048,1x4096 --no-frechet --out "$OUT/bench_mma.json" 2>&1 |
-    grep -E "^(flo|com)"
-  echo "== benchmark: 3xTF32 products from n = 64 (MLX_LINALG_EXT_CUDA_TC_MIN=64)"
-  MLX_LINALG_EXT_CUDA_TC_MIN=64 python3 bench/bench_gpu.py --only mlx_linalg_ext \
-    --cases 64x128,1x256 --no-frechet --out "$OUT/bench_tc64.json" 2>&1 |
-    grep -E "^(flo|com)"
+  variant "GEMM path for every size" MLX_LINALG_EXT_CUDA_SMALL_MAX=0 \
+    4096x16,1024x32,256x64 bench_small0
+  variant "SIMT FP32 products only" MLX_LINALG_EXT_CUDA_TC_MIN=1000000 \
+    1x1024,1x2048 bench_simt
+  variant "mma.sync 3xTF32 instead of the Hopper wgmma path" \
+    MLX_LINALG_EXT_CUDA_SM90_MIN=1000000 1x1024,1x2048,1x4096 bench_mma
+  variant "3xTF32 products from n = 64" MLX_LINALG_EXT_CUDA_TC_MIN=64 \
+    64x128,1x256 bench_tc64
 fi
 if stage fallback; then
   # A build without GPU kernels next to MLX's CUDA backend: every op must run
@@ -138,13 +144,7 @@ if stage fallback; then
   ) > "$OUT/build-nogpu.log" 2>&1 || { echo "FALLBACK BUILD FAILED"; tail -30 "$OUT/build-nogpu.log"; exit 1; }
   grep -E "mlx_linalg_ext:" "$OUT/build-nogpu.log"
   PYTHONPATH="/tmp/site-nogpu:$PYTHONPATH" python3 -c "import mlx_linalg_ext as m, mlx.core as mx, numpy as np; a = mx.array(np.eye(3, dtype=np.float32)); print('no-GPU build: has_gpu_kernels', m.has_gpu_kernels, '| exp(I) on a GPU stream:', np.array(m.matrix_exp(a, stream=mx.gpu))[0, 0])" || status=1
-  : > "$OUT/pytest-nogpu.txt"
-  for f in tests/test_*.py; do
-    PYTHONPATH="/tmp/site-nogpu:$PYTHONPATH" python3 -m pytest -q -rfE -p no:cacheprovider \
-      "$f" >> "$OUT/pytest-nogpu.txt" 2>&1 || status=1
-    echo "$f: $(tail -1 "$OUT/pytest-nogpu.txt")"
-  done
-  grep -E "^(FAILED|ERROR)|Fatal Python error" "$OUT/pytest-nogpu.txt" | head -30
+  PYTHONPATH="/tmp/site-nogpu:$PYTHONPATH" suite "$OUT/pytest-nogpu.txt"
 fi
 if stage accuracy; then
   echo "== accuracy against the 1-norm (ours with the default kernels, PyTorch)"

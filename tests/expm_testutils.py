@@ -200,22 +200,20 @@ def matrix_with_norm(rng, n, norm, kind="gauss", complex_=False):
     return a * (norm / onenorm(a))
 
 
-def assert_relerr(x, r, tol, what=""):
-    """Every matrix of the batch x within normwise relative error tol of r."""
-    err = np.atleast_1d(relerr(x, r))
+def _assert_within(err, tol, what, kind):
+    """Every entry of err (one per batch element) at most tol."""
+    err = np.atleast_1d(err)
     tol = np.broadcast_to(np.asarray(tol, dtype=float), err.shape)
     bad = np.nonzero(~(err <= tol))[0]
     assert bad.size == 0, (
-        f"{what}: normwise relative error {err[bad]} exceeds {tol[bad]} "
-        f"(batch elements {bad.tolist()})"
+        f"{what}: {kind} {err[bad]} exceeds {tol[bad]} (batch elements {bad.tolist()})"
     )
+
+
+def assert_relerr(x, r, tol, what=""):
+    """Every matrix of the batch x within normwise relative error tol of r."""
+    _assert_within(relerr(x, r), tol, what, "normwise relative error")
 
 
 def assert_offdiag_relerr(x, r, tol, what=""):
-    err = np.atleast_1d(offdiag_relerr(x, r))
-    tol = np.broadcast_to(np.asarray(tol, dtype=float), err.shape)
-    bad = np.nonzero(~(err <= tol))[0]
-    assert bad.size == 0, (
-        f"{what}: off-diagonal relative error {err[bad]} exceeds {tol[bad]} "
-        f"(batch elements {bad.tolist()})"
-    )
+    _assert_within(offdiag_relerr(x, r), tol, what, "off-diagonal relative error")
