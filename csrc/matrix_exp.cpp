@@ -115,6 +115,17 @@ mx::array adjoint(const mx::array& a, mx::Stream s) {
                                                         : t;
 }
 
+// x as the primitives take it: row-contiguous. An evaluated array that
+// already is goes in as it is: a Contiguous node costs a graph node even
+// when it copies nothing (on the CUDA backend about 24 us per call, measured
+// on an H100 with scripts/profile_gpu.py).
+mx::array row_contiguous(const mx::array& x, mx::Stream s) {
+  if (x.is_available() && x.flags().row_contiguous) {
+    return x;
+  }
+  return mx::contiguous(x, false, s);
+}
+
 } // namespace
 
 mx::array matrix_exp(const mx::array& a, mx::StreamOrDevice s_) {
@@ -127,7 +138,7 @@ mx::array matrix_exp(const mx::array& a, mx::StreamOrDevice s_) {
   if (x.size() == 0) {
     return mx::astype(x, out_dtype, s);
   }
-  x = mx::contiguous(x, false, s);
+  x = row_contiguous(x, s);
   auto out = mx::array(x.shape(), dtype, std::make_shared<MatrixExp>(s), {x});
   return mx::astype(out, out_dtype, s);
 }
@@ -155,8 +166,8 @@ expm_frechet(const mx::array& a, const mx::array& e, mx::StreamOrDevice s_) {
   if (x.size() == 0) {
     return {mx::astype(x, out_dtype, s), mx::astype(y, out_dtype, s)};
   }
-  x = mx::contiguous(x, false, s);
-  y = mx::contiguous(y, false, s);
+  x = row_contiguous(x, s);
+  y = row_contiguous(y, s);
   auto outs = mx::array::make_arrays(
       {x.shape(), x.shape()},
       {dtype, dtype},

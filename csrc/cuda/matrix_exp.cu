@@ -9,7 +9,7 @@
 // decided and used on the device.
 //
 // Two paths:
-// - n <= 32 (64 for float without the derivative): one fused kernel for the
+// - n <= 64 (32 for complex64 with the derivative): one fused kernel for the
 //   whole batch, one block per matrix that holds everything in shared memory
 //   and runs norms, degree, product program and its own squaring loop (one
 //   launch for any batch);
@@ -92,6 +92,10 @@ __device__ inline void mac(c64& acc, c64 a, c64 b) {
   acc.x = fmaf(-a.y, b.y, acc.x);
   acc.y = fmaf(a.x, b.y, acc.y);
   acc.y = fmaf(a.y, b.x, acc.y);
+}
+__device__ inline void mac(c64& acc, float a, c64 b) {
+  acc.x = fmaf(a, b.x, acc.x);
+  acc.y = fmaf(a, b.y, acc.y);
 }
 
 __device__ inline float abs_of(float v) {
@@ -285,42 +289,68 @@ int device_attr(cudaDeviceAttr attr) {
 // ============================ small matrices ================================
 //
 // One block per matrix; every matrix of the product program lives in shared
-// memory: slots A, P2..P6, operands L, R (and the same again for the
-// derivative). The kernel is compiled for a padded size N (4, 8, 16, 32,
-// and 64 where its 8 buffers fit the shared memory: float without the
-// derivative, 136 KiB):
+// memory, in kSmallBuffers buffers (and as many again for the derivative)
+// that the plan of small_plan.h shares out among slots and operands. The
+// kernel is compiled for a padded size N (4, 8, 16, 32, 64; 64 where its
+// buffers fit the shared memory: not complex64 with the derivative):
 // an n x n matrix (n <= N) sits in the top-left corner of an N x N one whose
 // other entries are zero, i.e. exp of the block diagonal [[A, 0], [0, 0]],
 // whose top-left block is exp(A) exactly (every product, combination and
 // squaring keeps the block structure; the added terms are exact zeros). The
 // norms and the trace shift use the n x n block only. With N fixed every
-// loop unrolls and every index is a constant: the kernel is bound by
-// instruction issue, not by memory.
+// loop unrolls and every index is a constant.
 //
 // Rows are LD = N + 4 elements: 16-byte aligned, and the rows a warp reads
-// at once fall in different banks. A product thread computes a strip of 4
-// consecutive elements of a row from one element of L and a 16-byte vector
-// of R per k (4 FMAs per two shared loads).
+// at once fall in different banks. A product thread computes a 2 x 4 block
+// (1 x 4 for N = 4) in registers, from two elements of L and one 16-byte
+// vector of R per k, and stores it after the whole block has read its
+// operands; the block has one thread per 2 x 4 block (at least a warp), so
+// none idles in the products. Fewer buffers and threads than one per
+// element let more matrices share an SM: on an H100 1024 matrices of 32 x
+// 32 and 256 of 64 x 64 (float) run in a single wave.
 
-constexpr int kSmallBuffers = 8; // A, P2..P6, L, R
+constexpr int kSmallBuffers = cuda::kPlanBuffers;
 
 inline int small_size(int n) {
   return n <= 4 ? 4 : n <= 8 ? 8 : n <= 16 ? 16 : n <= 32 ? 32 : 64;
 }
 
 template <typename T>
-size_t small_smem_bytes(int n, bool frechet) {
-  int N = small_size(n);
-  size_t mat = size_t(N) * (N + 4);
-  size_t bytes = mat * sizeof(T) * kSmallBuffers * (frechet ? 2 : 1);
-  return (bytes + 15) / 16 * 16;
+constexpr size_t small_bytes(int N, bool frechet) {
+  return size_t(N) * (N + 4) * sizeof(T) * kSmallBuffers * (frechet ? 2 : 1);
 }
 
-// Threads of the kernel for size N: one per 4-element strip, at least a warp.
+template <typename T>
+size_t small_smem_bytes(int n, bool frechet) {
+  return small_bytes<T>(small_size(n), frechet);
+}
+
+// Work split of the fused kernel for size N: a product thread computes a
+// kRows x 4 block; kRows = 4 where that leaves a warp of blocks (it reads
+// shared memory least per FMA: the products are bound by shared-memory
+// wavefronts), else fewer rows.
 template <int N>
-struct SmallThreads {
-  static constexpr int value = N * N / 4 < 32 ? 32 : N * N / 4;
+struct SmallShape {
+  static constexpr int kLd = N + 4;
+  static constexpr int kMat = N * kLd;
+  static constexpr int kStrips = N / 4; // 4-wide strips of a row
+  static constexpr int kRows = N * kStrips >= 4 * 32 ? 4
+      : N * kStrips >= 2 * 32                        ? 2
+                                                     : 1;
+  static constexpr int kItems = (N / kRows) * kStrips;
+  static constexpr int kThreads = kItems < 32 ? 32 : kItems;
 };
+
+// Blocks per SM that the shared memory allows on Hopper (228 KiB per SM,
+// 1 KiB reserved per block), capped by threads and blocks per SM: the
+// register budget __launch_bounds__ asks the compiler to keep to.
+template <typename T, bool kFrechet, int N>
+constexpr int small_min_blocks() {
+  constexpr int by_smem = 233472 / int(small_bytes<T>(N, kFrechet) + 1024);
+  constexpr int by_threads = 2048 / SmallShape<N>::kThreads;
+  constexpr int b = by_smem < by_threads ? by_smem : by_threads;
+  return b < 1 ? 1 : b > 32 ? 32 : b;
+}
 
 // 4 consecutive elements from 16-byte aligned shared memory.
 __device__ inline void load4(const float* p, float (&v)[4]) {
@@ -346,181 +376,275 @@ __device__ inline void store4(c64* p, const c64 (&v)[4]) {
   reinterpret_cast<float4*>(p)[1] = make_float4(v[2].x, v[2].y, v[3].x, v[3].y);
 }
 
-// C = L R (+ L2 R2) over the N x N matrices (row stride N + 4). A thread
-// computes a 2 x 4 block (1 x 4 for N = 4): per k, two elements of L and one
-// 16-byte vector of R for 8 FMAs. No barrier.
-template <typename T, int N, bool kTwo>
-__device__ inline void
-small_gemm(const T* l, const T* r, const T* l2, const T* r2, T* c) {
-  constexpr int LD = N + 4;
-  constexpr int kRows = N >= 8 ? 2 : 1;
-  constexpr int kStrips = N / 4;
-  constexpr int kItems = (N / kRows) * kStrips;
-  constexpr int kThreads = SmallThreads<N>::value;
+// This thread's block of an N x N product: rows i .. i + kRows - 1, columns
+// j .. j + 3 (row stride N + 4); threads past the items hold none. Per 4
+// steps of k it reads a 16-byte vector of each of its rows of L and of 4
+// rows of R, for 16 kRows FMAs.
+template <typename T, int N>
+struct SmallBlock {
+  using S = SmallShape<N>;
+  T v[S::kRows][4];
+
+  __device__ static bool active() {
+    return S::kItems == S::kThreads || int(threadIdx.x) < S::kItems;
+  }
+  __device__ static int first() { // offset of the block's first element
+    int it = threadIdx.x;
+    return (it / S::kStrips) * S::kRows * S::kLd + (it % S::kStrips) * 4;
+  }
+
+  // v = L R (+ L2 R2 when kTwo). Reads shared memory only; no barrier.
+  template <bool kTwo>
+  __device__ void product(const T* l, const T* r, const T* l2, const T* r2) {
 #pragma unroll
-  for (int it0 = 0; it0 < kItems; it0 += kThreads) {
-    int it = it0 + threadIdx.x;
-    if (kItems % kThreads != 0 && it >= kItems) {
-      break;
-    }
-    int i = (it / kStrips) * kRows;
-    int j = (it % kStrips) * 4;
-    T acc[kRows][4];
-#pragma unroll
-    for (int p = 0; p < kRows; ++p) {
+    for (int p = 0; p < S::kRows; ++p) {
 #pragma unroll
       for (int q = 0; q < 4; ++q) {
-        acc[p][q] = real_to<T>(0.0f);
+        v[p][q] = real_to<T>(0.0f);
       }
     }
+    if (!active()) {
+      return;
+    }
+    const int row = first() - first() % S::kLd; // i * LD
+    const int col = first() % S::kLd; // j
 #pragma unroll
     for (int pass = 0; pass < (kTwo ? 2 : 1); ++pass) {
-      const T* lm = pass == 0 ? l : l2;
-      const T* rm = pass == 0 ? r : r2;
+      const T* lm = (pass == 0 ? l : l2) + row;
+      const T* rm = (pass == 0 ? r : r2) + col;
+#pragma unroll 4
+      for (int k0 = 0; k0 < N; k0 += 4) {
+        T lv[S::kRows][4];
 #pragma unroll
-      for (int k = 0; k < N; ++k) {
-        T rv[4];
-        load4(rm + k * LD + j, rv);
+        for (int p = 0; p < S::kRows; ++p) {
+          load4(lm + p * S::kLd + k0, lv[p]);
+        }
 #pragma unroll
-        for (int p = 0; p < kRows; ++p) {
-          T lv = lm[(i + p) * LD + k];
+        for (int kk = 0; kk < 4; ++kk) {
+          T rv[4];
+          load4(rm + (k0 + kk) * S::kLd, rv);
 #pragma unroll
-          for (int q = 0; q < 4; ++q) {
-            mac(acc[p][q], lv, rv[q]);
+          for (int p = 0; p < S::kRows; ++p) {
+#pragma unroll
+            for (int q = 0; q < 4; ++q) {
+              mac(v[p][q], lv[p][kk], rv[q]);
+            }
           }
         }
       }
     }
+  }
+
+  __device__ void store(T* c) const {
+    if (!active()) {
+      return;
+    }
 #pragma unroll
-    for (int p = 0; p < kRows; ++p) {
-      store4(c + (i + p) * LD + j, acc[p]);
+    for (int p = 0; p < S::kRows; ++p) {
+      store4(c + first() + p * S::kLd, v[p]);
     }
   }
-}
+};
 
 using cuda::SmallPlan;
 
-// dst = sum_{j >= 1} c[j] slot_j (+ c[0] I when `identity`), elementwise over
-// the padded matrices, in the order of combine_into on the CPU. The
-// coefficients go to registers once, outside the element loop.
+// A linear combination of slots of the fused kernel, elementwise over the
+// padded matrices: sum_{j >= 1} c[j] slot_j (+ c[0] I when `identity`), in
+// the order of combine_into on the CPU. Coefficients and slot offsets go to
+// registers once, outside the element loop.
 template <typename T, int N>
-__device__ inline void small_combine(
-    const float* c,
-    int count,
-    const T* slots,
-    bool identity,
-    T* dst,
-    bool shift = false,
-    Factor factor = {1.0, 0.0}) {
-  constexpr int LD = N + 4;
-  constexpr int kMat = N * LD;
-  constexpr int kThreads = SmallThreads<N>::value;
-  float cf[expm::kMaxSlots];
+struct SmallCombo {
+  float c[expm::kMaxSlots];
+  int src[expm::kMaxSlots]; // element offset of slot j in the buffers
+
+  __device__
+  SmallCombo(const float* coef, int count, const signed char* slot_buffer) {
 #pragma unroll
-  for (int j = 0; j < expm::kMaxSlots; ++j) {
-    cf[j] = j < count ? c[j] : 0.0f;
+    for (int j = 0; j < expm::kMaxSlots; ++j) {
+      c[j] = j < count ? coef[j] : 0.0f;
+      src[j] = j >= 1 && j < count ? slot_buffer[j] * SmallShape<N>::kMat : 0;
+    }
   }
-#pragma unroll 4
-  for (int idx = threadIdx.x; idx < kMat; idx += kThreads) {
+
+  // Every slot is read, whatever its coefficient: loads behind branches
+  // would wait for each other (the passes took most of the kernel's time),
+  // and a zero coefficient adds an exact zero (the slots are finite: a
+  // matrix with a NaN or Inf never gets here).
+  __device__ T at(const T* buf, int idx, bool identity) const {
+    T v[expm::kMaxSlots];
+    load(buf, idx, v);
+    return of(v, idx, identity);
+  }
+  // The slots' elements at idx (v[0] unused), to share between combinations
+  // of the same slots.
+  __device__ void load(const T* buf, int idx, T (&v)[expm::kMaxSlots]) const {
+#pragma unroll
+    for (int j = 1; j < expm::kMaxSlots; ++j) {
+      v[j] = buf[src[j] + idx];
+    }
+  }
+  __device__ T of(const T (&v)[expm::kMaxSlots], int idx, bool identity) const {
     T acc = real_to<T>(0.0f);
 #pragma unroll
     for (int j = 1; j < expm::kMaxSlots; ++j) {
-      if (cf[j] != 0.0f) {
-        acc += cf[j] * slots[(j - 1) * kMat + idx];
+      mac(acc, c[j], v[j]);
+    }
+    if (identity && c[0] != 0.0f && idx % (SmallShape<N>::kLd + 1) == 0) {
+      acc += real_to<T>(c[0]);
+    }
+    return acc;
+  }
+};
+
+// Forms the operands of product step `step` (degree d) that are
+// combinations, into their buffers (primal in buf, dual in dbuf), in one
+// elementwise pass: every element of every source is read before that
+// element of any operand is written, so an operand may overwrite a slot read
+// here for the last time. Returns whether it wrote anything (then the block
+// must synchronise before the product). No barrier.
+template <typename T, int N, bool kFrechet>
+__device__ inline bool
+small_form_operands(const SmallPlan& plan, int d, int step, T* buf, T* dbuf) {
+  using S = SmallShape<N>;
+  const int count = 2 + step - expm::kFirstStep[d];
+  const bool form_l = plan.lone[step][0][0] < 0;
+  const bool form_r = plan.lone[step][1][0] < 0 &&
+      plan.operand[step][1] != plan.operand[step][0];
+  if (!form_l && !form_r) {
+    return false;
+  }
+  const SmallCombo<T, N> cl(plan.step[step][0], count, plan.slot[d]);
+  const SmallCombo<T, N> cr(plan.step[step][1], count, plan.slot[d]);
+  const int ol = plan.operand[step][0] * S::kMat;
+  const int or_ = plan.operand[step][1] * S::kMat;
+#pragma unroll 2
+  for (int idx = threadIdx.x; idx < S::kMat; idx += S::kThreads) {
+    // Both operands combine the same slots (their offsets agree).
+    T v[expm::kMaxSlots];
+    cl.load(buf, idx, v);
+    T l = cl.of(v, idx, true), r = cr.of(v, idx, true);
+    T dl, dr;
+    if constexpr (kFrechet) {
+      cl.load(dbuf, idx, v);
+      dl = cl.of(v, idx, false);
+      dr = cr.of(v, idx, false);
+    }
+    if (form_l) {
+      buf[ol + idx] = l;
+      if constexpr (kFrechet) {
+        dbuf[ol + idx] = dl;
       }
     }
-    if (identity && cf[0] != 0.0f && idx % (LD + 1) == 0) {
-      acc += real_to<T>(cf[0]);
+    if (form_r) {
+      buf[or_ + idx] = r;
+      if constexpr (kFrechet) {
+        dbuf[or_ + idx] = dr;
+      }
     }
-    dst[idx] = shift ? apply(factor, acc) : acc;
   }
+  return true;
 }
 
-// The combination as a product operand: a slot itself when it is alone
-// (lone >= 1), else written into `scratch`. No barrier.
-template <typename T, int N>
-__device__ inline const T* small_operand(
-    const float* c,
-    int count,
-    int lone,
-    const T* slots,
-    bool identity,
-    T* scratch) {
-  constexpr int kMat = N * (N + 4);
-  if (lone >= 1) {
-    return slots + (lone - 1) * kMat;
+#ifdef MLX_LINALG_EXT_PHASE_CLOCKS
+#define PHASE(label)                                      \
+  if (blockIdx.x == 0 && threadIdx.x == 0 && nclk < 48) { \
+    clk[nclk] = clock64();                                \
+    lab[nclk++] = label;                                  \
   }
-  small_combine<T, N>(c, count, slots, identity, scratch);
-  return scratch;
-}
+#else
+#define PHASE(label)
+#endif
 
 template <typename T, bool kFrechet, int N>
-__global__ void __launch_bounds__(SmallThreads<N>::value) expm_small_kernel(
-    const T* __restrict__ a,
-    const T* __restrict__ e,
-    T* __restrict__ x_out,
-    T* __restrict__ l_out,
-    int n,
-    const __grid_constant__ SmallPlan plan) {
-  constexpr int LD = N + 4;
-  constexpr int kMat = N * LD;
-  constexpr int kThreads = SmallThreads<N>::value;
+__global__ void __launch_bounds__(
+    SmallShape<N>::kThreads,
+    small_min_blocks<T, kFrechet, N>())
+    expm_small_kernel(
+        const T* __restrict__ a,
+        const T* __restrict__ e,
+        T* __restrict__ x_out,
+        T* __restrict__ l_out,
+        int n,
+        const __grid_constant__ SmallPlan plan) {
+  using S = SmallShape<N>;
+  constexpr int LD = S::kLd;
+  constexpr int kMat = S::kMat;
+  constexpr int kThreads = S::kThreads;
   extern __shared__ __align__(16) unsigned char smem_raw[];
-  __shared__ double colsum[2][N];
-  __shared__ Params params;
   const int nn = n * n;
   const size_t off = size_t(blockIdx.x) * nn;
+  // Buffer b is buf + b kMat (primal) and dbuf + b kMat (dual); A and E
+  // start in buffer 0, the identity is implicit.
   T* buf = reinterpret_cast<T*>(smem_raw);
+  T* dbuf = buf + kSmallBuffers * kMat;
+  Params& shared_params = *reinterpret_cast<Params*>(buf + kMat);
+#ifdef MLX_LINALG_EXT_PHASE_CLOCKS
+  long long clk[48];
+  const char* lab[48];
+  int nclk = 0;
+#endif
+  PHASE("start");
 
-  // Slot j >= 1 (A, P2..P6) is slots[(j - 1) * kMat]; the identity is
-  // implicit.
-  T* slots = buf;
-  T* dslots = buf + kSmallBuffers * kMat;
-  T* left = buf + 6 * kMat;
-  T* right = buf + 7 * kMat;
-  T* dleft = dslots + 6 * kMat;
-  T* dright = dslots + 7 * kMat;
-
-  // A (and E) into the top-left corner of zero N x N matrices.
-  for (int idx = threadIdx.x; idx < kMat; idx += kThreads) {
-    int i = idx / LD, j = idx % LD;
-    bool in = i < n && j < n;
-    slots[idx] = in ? a[off + i * n + j] : real_to<T>(0.0f);
-    if constexpr (kFrechet) {
-      dslots[idx] = in ? e[off + i * n + j] : real_to<T>(0.0f);
+  // A (and E) into the top-left corner of zero N x N matrices; the loop
+  // unrolls so that every load of a thread is in flight at once.
+  constexpr int kPasses = (kMat + kThreads - 1) / kThreads;
+#pragma unroll
+  for (int pass = 0; pass < kPasses; ++pass) {
+    int idx = pass * kThreads + threadIdx.x;
+    if (kMat % kThreads == 0 || idx < kMat) {
+      int i = idx / LD, j = idx % LD;
+      bool in = i < n && j < n;
+      buf[idx] = in ? a[off + i * n + j] : real_to<T>(0.0f);
+      if constexpr (kFrechet) {
+        dbuf[idx] = in ? e[off + i * n + j] : real_to<T>(0.0f);
+      }
     }
   }
   __syncthreads();
-  // Column sums of |A| and |A - mu I| over the n x n block, mu = tr(A)/n
-  // summed in T in order as on the CPU (each column thread forms it).
-  for (int j = threadIdx.x; j < n; j += kThreads) {
+  PHASE("load");
+  // The 1-norms of A and A - mu I over the n x n block in warp 0: mu =
+  // tr(A)/n summed in T in order as on the CPU (every lane forms it), lane j
+  // sums columns j, j + 32 in double in row order, shuffles take the maxima
+  // (NaN kept), lane 0 decides. The loops run over the padded N x N matrix
+  // without branches (so that the loads overlap): the padding adds exact
+  // zeros.
+  if (threadIdx.x < 32) {
     T tr = real_to<T>(0.0f);
-    for (int i = 0; i < n; ++i) {
-      tr += slots[i * LD + i];
+#pragma unroll 16
+    for (int i = 0; i < N; ++i) {
+      tr += buf[i * LD + i];
     }
-    T mu = div_real(tr, float(n));
-    double sum = 0.0, shifted = 0.0;
-    for (int i = 0; i < n; ++i) {
-      T v = slots[i * LD + j];
-      sum += double(abs_of(v));
-      shifted += double(abs_of(i == j ? v - mu : v));
-    }
-    colsum[0][j] = sum;
-    colsum[1][j] = shifted;
-    if (j == 0) {
-      put_mu(mu, params.mu_re, params.mu_im);
-    }
-  }
-  __syncthreads();
-  if (threadIdx.x == 0) {
+    const T mu = div_real(tr, float(n));
     double norm = 0.0, shifted = 0.0;
-    for (int j = 0; j < n; ++j) {
-      norm = nan_max(norm, colsum[0][j]);
-      shifted = nan_max(shifted, colsum[1][j]);
+#pragma unroll
+    for (int j0 = 0; j0 < N; j0 += 32) {
+      const int j = j0 + threadIdx.x;
+      double sum = 0.0, sum_shifted = 0.0;
+#pragma unroll 16
+      for (int i = 0; i < N; ++i) {
+        T v = j < N ? buf[i * LD + j] : real_to<T>(0.0f);
+        sum += double(abs_of(v));
+        sum_shifted += double(abs_of(i == j ? v - mu : v));
+      }
+      if (j < n) {
+        norm = nan_max(norm, sum);
+        shifted = nan_max(shifted, sum_shifted);
+      }
     }
-    params = decide(norm, shifted, params);
+#pragma unroll
+    for (int m = 16; m > 0; m /= 2) {
+      norm = nan_max(norm, __shfl_xor_sync(0xffffffffu, norm, m));
+      shifted = nan_max(shifted, __shfl_xor_sync(0xffffffffu, shifted, m));
+    }
+    if (threadIdx.x == 0) {
+      Params p{};
+      put_mu(mu, p.mu_re, p.mu_im);
+      shared_params = decide(norm, shifted, p);
+    }
   }
   __syncthreads();
+  PHASE("norms");
+  const Params params = shared_params;
   const int d = params.degree;
   const int s = params.squarings;
   const bool shift = params.shift;
@@ -538,69 +662,84 @@ __global__ void __launch_bounds__(SmallThreads<N>::value) expm_small_kernel(
   if (s > 0 || shift) {
     // (A - mu I) 2^-s and E 2^-s; the shift only on the n x n diagonal.
     for (int idx = threadIdx.x; idx < kMat; idx += kThreads) {
-      T v = slots[idx];
+      T v = buf[idx];
       if (shift && idx % (LD + 1) == 0 && idx / LD < n) {
         v = v - mu;
       }
-      slots[idx] = v * f;
+      buf[idx] = v * f;
       if constexpr (kFrechet) {
-        dslots[idx] = dslots[idx] * f;
+        dbuf[idx] = dbuf[idx] * f;
       }
     }
-    __syncthreads();
   }
+  // Every thread has read the parameters (in buffer 1) before buffer 1 is
+  // written.
+  __syncthreads();
+  PHASE("scale");
 
+  const signed char* slot = plan.slot[d];
   for (int k = 0; k < expm::kNumProducts[d]; ++k) {
-    int step = expm::kFirstStep[d] + k;
-    int count = 2 + k;
-    const float* cl = plan.step[step][0];
-    const float* cr = plan.step[step][1];
-    const auto& lone = plan.lone[step];
-    const T* l = small_operand<T, N>(cl, count, lone[0][0], slots, true, left);
-    const T* r = small_operand<T, N>(cr, count, lone[1][0], slots, true, right);
-    const T* dl = nullptr;
-    const T* dr = nullptr;
+    const int step = expm::kFirstStep[d] + k;
+    if (small_form_operands<T, N, kFrechet>(plan, d, step, buf, dbuf)) {
+      __syncthreads();
+    }
+    PHASE("form");
+    const T* l = buf + plan.operand[step][0] * kMat;
+    const T* r = buf + plan.operand[step][1] * kMat;
+    SmallBlock<T, N> p;
+    p.template product<false>(l, r, nullptr, nullptr);
+    SmallBlock<T, N> dp;
     if constexpr (kFrechet) {
-      dl = small_operand<T, N>(cl, count, lone[0][1], dslots, false, dleft);
-      dr = small_operand<T, N>(cr, count, lone[1][1], dslots, false, dright);
+      const T* dl = dbuf + plan.operand[step][0] * kMat;
+      const T* dr = dbuf + plan.operand[step][1] * kMat;
+      dp.template product<true>(dl, r, l, dr); // dL R + L dR
+    }
+    if (plan.overwrites[step]) {
+      __syncthreads();
+    }
+    p.store(buf + slot[2 + k] * kMat);
+    if constexpr (kFrechet) {
+      dp.store(dbuf + slot[2 + k] * kMat);
     }
     __syncthreads();
-    small_gemm<T, N, false>(l, r, nullptr, nullptr, slots + (1 + k) * kMat);
-    if constexpr (kFrechet) {
-      small_gemm<T, N, true>(dl, r, l, dr, dslots + (1 + k) * kMat);
-    }
-    __syncthreads();
+    PHASE("product");
   }
 
-  // The approximant into `left` (times e^(mu 2^-s) with the shift: the
-  // squarings then stay in the range of the result), then s squarings
-  // ping-ponging with `right`.
+  // The approximant, in place of the last slot (times e^(mu 2^-s) with the
+  // shift: the squarings then stay in the range of the result), then s
+  // squarings in place.
   const int count = expm::num_slots(d);
-  const Factor factor = exp_factor(mu * f);
-  small_combine<T, N>(plan.fin[d], count, slots, true, left, shift, factor);
-  if constexpr (kFrechet) {
-    small_combine<T, N>(
-        plan.fin[d], count, dslots, false, dleft, shift, factor);
+  const int fin = slot[count - 1] * kMat;
+  {
+    const Factor factor = exp_factor(mu * f);
+    const SmallCombo<T, N> cf(plan.fin[d], count, slot);
+    for (int idx = threadIdx.x; idx < kMat; idx += kThreads) {
+      T x = cf.at(buf, idx, true);
+      buf[fin + idx] = shift ? apply(factor, x) : x;
+      if constexpr (kFrechet) {
+        T dx = cf.at(dbuf, idx, false);
+        dbuf[fin + idx] = shift ? apply(factor, dx) : dx;
+      }
+    }
   }
   __syncthreads();
-  T* x = left;
-  T* y = right;
-  T* dx = dleft;
-  T* dy = dright;
+  PHASE("final");
+  T* x = buf + fin;
+  T* dx = dbuf + fin;
   for (int i = 0; i < s; ++i) {
+    SmallBlock<T, N> y;
+    y.template product<false>(x, x, nullptr, nullptr);
+    SmallBlock<T, N> dy;
     if constexpr (kFrechet) {
-      small_gemm<T, N, true>(x, dx, dx, x, dy);
+      dy.template product<true>(x, dx, dx, x); // X dX + dX X
     }
-    small_gemm<T, N, false>(x, x, nullptr, nullptr, y);
     __syncthreads();
-    T* t = x;
-    x = y;
-    y = t;
+    y.store(x);
     if constexpr (kFrechet) {
-      t = dx;
-      dx = dy;
-      dy = t;
+      dy.store(dx);
     }
+    __syncthreads();
+    PHASE("square");
   }
   for (int idx = threadIdx.x; idx < nn; idx += kThreads) {
     int i = idx / n, j = idx - i * n;
@@ -609,6 +748,27 @@ __global__ void __launch_bounds__(SmallThreads<N>::value) expm_small_kernel(
       l_out[off + idx] = dx[i * LD + j];
     }
   }
+  PHASE("store");
+#ifdef MLX_LINALG_EXT_PHASE_CLOCKS
+  if (blockIdx.x == 0 && threadIdx.x == 0) {
+    for (int i = 1; i < nclk; ++i) {
+      printf(
+          "phase N=%d d=%d s=%d %s %lld\n",
+          N,
+          d,
+          s,
+          lab[i],
+          clk[i] - clk[i - 1]);
+    }
+  }
+#endif
+}
+
+// Whether the fused kernel exists for padded size N: all but complex64 with
+// the derivative at N = 64 (twice 6 buffers of 64 x 68 complex64, 418 KB).
+template <typename T, bool kFrechet>
+constexpr bool has_small_kernel(int N) {
+  return N <= 32 || !(std::is_same_v<T, c64> && kFrechet);
 }
 
 template <typename T, bool kFrechet>
@@ -622,18 +782,17 @@ void launch_small(
   };
   switch (small_size(n)) {
     case 4:
-      return go(expm_small_kernel<T, kFrechet, 4>, SmallThreads<4>::value);
+      return go(expm_small_kernel<T, kFrechet, 4>, SmallShape<4>::kThreads);
     case 8:
-      return go(expm_small_kernel<T, kFrechet, 8>, SmallThreads<8>::value);
+      return go(expm_small_kernel<T, kFrechet, 8>, SmallShape<8>::kThreads);
     case 16:
-      return go(expm_small_kernel<T, kFrechet, 16>, SmallThreads<16>::value);
+      return go(expm_small_kernel<T, kFrechet, 16>, SmallShape<16>::kThreads);
     case 32:
-      return go(expm_small_kernel<T, kFrechet, 32>, SmallThreads<32>::value);
+      return go(expm_small_kernel<T, kFrechet, 32>, SmallShape<32>::kThreads);
     default:
-      // N = 64 fits the shared memory for float without the derivative only
-      // (expm_gpu checks small_smem_bytes against the device first).
-      if constexpr (std::is_same_v<T, float> && !kFrechet) {
-        return go(expm_small_kernel<T, kFrechet, 64>, SmallThreads<64>::value);
+      // expm_gpu checks small_smem_bytes against the device first.
+      if constexpr (has_small_kernel<T, kFrechet>(64)) {
+        return go(expm_small_kernel<T, kFrechet, 64>, SmallShape<64>::kThreads);
       }
       throw std::logic_error("[matrix_exp] No fused kernel for this size.");
   }

@@ -1,6 +1,7 @@
 // The product programs of expm_numerics.h in the form the fused small-matrix
-// CUDA kernel reads them: float coefficients and, per step, operand and list,
-// the slot that the combination is on its own (or -1). Built once on the host
+// CUDA kernel reads them: float coefficients, per step and operand the slot
+// that the combination is on its own (or -1), and where every matrix lives
+// among the kernel's shared-memory buffers. Built once on the host
 // (small_plan.cpp, from the shared tables) and passed to the kernel as a
 // __grid_constant__ parameter: reading the __constant__ tables through
 // pointers inside the steps, or copying them to shared memory in every
@@ -9,12 +10,34 @@
 
 namespace mlx_linalg_ext::cuda {
 
-enum : int { kPlanSteps = 15, kPlanDegrees = 6, kPlanSlots = 7 };
+enum : int {
+  kPlanSteps = 15,
+  kPlanDegrees = 6,
+  kPlanSlots = 7,
+  // Shared-memory matrices of the fused kernel (per evaluation: the
+  // derivative has as many again). Degree 18 needs them all.
+  kPlanBuffers = 6,
+};
 
+// Buffer allocation (small_plan.cpp): a slot keeps one buffer from its
+// product to its last use. A step forms its operands in one elementwise pass
+// (each element of every source read before any is written), so an operand
+// may overwrite a slot that this step reads for the last time; the product
+// is held in registers until every thread is done reading (a barrier), so it
+// may overwrite its own operands.
 struct SmallPlan {
   float step[kPlanSteps][2][kPlanSlots]; // [step][left, right][slot]
   float fin[kPlanDegrees][kPlanSlots];
   signed char lone[kPlanSteps][2][2]; // [step][left, right][primal, dual]
+  // Buffer of operand [left, right] of each step (its lone slot's buffer,
+  // or where the combination is formed; the same for both when they are
+  // the same combination).
+  signed char operand[kPlanSteps][2];
+  // Buffer of slot j (1 = A, 2 + k = product k) for each degree.
+  signed char slot[kPlanDegrees][kPlanSlots];
+  // Whether the product of a step overwrites a buffer its operands are in
+  // (it then waits for every thread before storing).
+  signed char overwrites[kPlanSteps];
 };
 
 // Built on first use from expm_numerics.h (host code).
