@@ -38,6 +38,7 @@
 #include <cstdlib>
 #include <functional>
 #include <map>
+#include <memory>
 #include <mutex>
 #include <stdexcept>
 #include <string>
@@ -198,6 +199,12 @@ __device__ inline Params decide(double norm, double shifted_norm, Params p) {
       ? expm::square_steps(norm, expm::kSingle)
       : 0;
   return p;
+}
+
+// Whether a matrix with these parameters runs product k of its degree (one
+// with a NaN or Inf runs none).
+__device__ inline bool product_runs(const Params& p, int k) {
+  return p.degree >= 0 && k < expm::kNumProducts[p.degree];
 }
 
 // max that keeps a NaN (std::max would drop it), as one_norm on the CPU.
@@ -1002,7 +1009,7 @@ __global__ void combine_kernel(int b0, int k, T* x_out, T* l_out, Work w) {
     }
     return;
   }
-  if (p.degree < 0 || k >= expm::kNumProducts[p.degree]) {
+  if (!product_runs(p, k)) {
     return;
   }
   int step = expm::kFirstStep[p.degree] + k;
@@ -1252,7 +1259,7 @@ __global__ void __launch_bounds__(Tile::kThreads)
   int dual = w.frechet ? blockIdx.z % 2 : 0;
   int b = b0 + (w.frechet ? blockIdx.z / 2 : blockIdx.z);
   Params p = w.params[b];
-  if (p.degree < 0 || k >= expm::kNumProducts[p.degree]) {
+  if (!product_runs(p, k)) {
     return;
   }
   int step = expm::kFirstStep[p.degree] + k;
@@ -1374,10 +1381,7 @@ constexpr int kSm90Squarings = 4;
 
 // Step `op` of the sm90 launches: product op (op >= 0) or squaring -1 - op.
 __device__ inline bool sm90_step_runs(const Params& p, int op) {
-  if (p.degree < 0) {
-    return false;
-  }
-  return op >= 0 ? op < expm::kNumProducts[p.degree] : -1 - op < p.squarings;
+  return op >= 0 ? product_runs(p, op) : p.degree >= 0 && -1 - op < p.squarings;
 }
 
 // x rounded to the nearest TF32 (low 13 mantissa bits zero).
@@ -1588,13 +1592,7 @@ void expm_gpu(
   // Every node reads the inputs and writes the outputs (and the workspace),
   // so MLX orders the nodes of this primitive one after the other.
   std::vector<mx::array> temps;
-  // Arguments by value: MLX takes their addresses, which must not be const.
-  auto add_cluster = [&](CUfunction f,
-                         dim3 grid,
-                         dim3 block,
-                         dim3 cluster,
-                         uint32_t smem,
-                         auto... args) {
+  auto declare_arrays = [&] {
     for (const auto& in : inputs) {
       encoder.set_input_array(in);
     }
@@ -1605,12 +1603,53 @@ void expm_gpu(
     for (const auto& out : outputs) {
       encoder.set_output_array(out);
     }
-    encoder.add_kernel_node_ex(f, grid, block, cluster, smem, args...);
   };
+  // Arguments by value: MLX takes their addresses, which must not be const.
   auto add =
       [&](CUfunction f, dim3 grid, dim3 block, uint32_t smem, auto... args) {
-        add_cluster(f, grid, block, dim3(1, 1, 1), smem, args...);
+        declare_arrays();
+        encoder.add_kernel_node_ex(
+            f, grid, block, dim3(1, 1, 1), smem, args...);
       };
+  // A launch with thread-block clusters goes in as a one-node child graph.
+  // MLX 0.32 keys its cached graphs by node kinds without the cluster shape,
+  // and cudaGraphExecUpdate keeps a node's cluster shape: a later graph with
+  // the same key ran with the stale shape (seen on an H100 with a clustered
+  // variant of the fused kernel: clusters of 2 stayed, and the last block of
+  // an odd grid of the one-block kernel never ran). A child graph's key has
+  // the shape.
+  auto add_cluster = [&](const void* kernel,
+                         dim3 grid,
+                         dim3 block,
+                         dim3 cluster,
+                         uint32_t smem,
+                         auto... args) {
+    declare_arrays();
+    void* ptrs[] = {static_cast<void*>(&args)...};
+    cudaKernelNodeParams params = {};
+    params.func = const_cast<void*>(kernel);
+    params.gridDim = grid;
+    params.blockDim = block;
+    params.sharedMemBytes = smem;
+    params.kernelParams = ptrs;
+    cudaGraph_t graph = nullptr;
+    check_cuda(cudaGraphCreate(&graph, 0), "cudaGraphCreate");
+    std::unique_ptr<CUgraph_st, cudaError_t (*)(cudaGraph_t)> child(
+        graph, cudaGraphDestroy);
+    cudaGraphNode_t node;
+    check_cuda(
+        cudaGraphAddKernelNode(&node, graph, nullptr, 0, &params),
+        "cudaGraphAddKernelNode");
+    cudaKernelNodeAttrValue attr = {};
+    attr.clusterDim.x = cluster.x;
+    attr.clusterDim.y = cluster.y;
+    attr.clusterDim.z = cluster.z;
+    check_cuda(
+        cudaGraphKernelNodeSetAttribute(
+            node, cudaLaunchAttributeClusterDimension, &attr),
+        "cudaGraphKernelNodeSetAttribute");
+    encoder.add_graph_node(graph); // copies it
+  };
 
   size_t smem = small_smem_bytes<T>(n, frechet);
   int smem_optin = device_attr(cudaDevAttrMaxSharedMemoryPerBlockOptin);
@@ -1805,7 +1844,8 @@ void expm_gpu(
     }
     CUfunction comb = cu_function(combine_kernel<T>);
     CUfunction split = cu_function(sm90_split_kernel<T>);
-    CUfunction gemm = cu_function(sm90_gemm_kernel<Gemm>, Gemm::kSmemBytes);
+    cu_function(sm90_gemm_kernel<Gemm>, Gemm::kSmemBytes); // its smem limit
+    const void* gemm = reinterpret_cast<const void*>(sm90_gemm_kernel<Gemm>);
     const dim3 cluster(Gemm::kClusterM, 1, 1);
     dim3 split_grid((n + 31) / 32, (n + 31) / 32, frechet ? 4 : 2);
     auto launch = [&](const typename Gemm::Params(&p)[2], int op) {
