@@ -28,8 +28,10 @@
 //
 // Launches go through MLX's command encoder as CUfunction handles
 // (libmlx.so carries its own static CUDA runtime, which does not know this
-// library's kernels); every node reads the inputs and writes the outputs and
-// the workspace, so MLX orders the nodes of one evaluation.
+// library's kernels), those with thread-block clusters (the wgmma GEMMs) as
+// one-node child graphs (add_cluster in expm_gpu says why); every node reads
+// the inputs and writes the outputs and the workspace, so MLX orders the
+// nodes of one evaluation.
 #include <cuda.h>
 #include <cuda_runtime.h>
 
