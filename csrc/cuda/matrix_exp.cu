@@ -310,11 +310,11 @@ int device_attr(cudaDeviceAttr attr) {
 // loop unrolls and every index is a constant.
 //
 // Rows are LD = N + 4 elements: 16-byte aligned, and the rows a warp reads
-// at once fall in different banks. A product thread computes a 2 x 4 block
-// (1 x 4 for N = 4) in registers, from two elements of L and one 16-byte
-// vector of R per k, and stores it after the whole block has read its
-// operands; the block has one thread per 2 x 4 block (at least a warp), so
-// none idles in the products. Fewer buffers and threads than one per
+// at once fall in different banks. A product thread computes a kRows x 4
+// block in registers (SmallShape, SmallBlock), from 16-byte vectors of L and
+// R, and stores it after the whole block has read its operands; the block
+// has one thread per such block (at least a warp), so none idles in the
+// products. Fewer buffers and threads than one per
 // element let more matrices share an SM: on an H100 1024 matrices of 32 x
 // 32 and 256 of 64 x 64 (float) run in a single wave.
 
@@ -336,8 +336,8 @@ size_t small_smem_bytes(int n, bool frechet) {
 
 // Work split of the fused kernel for size N: a product thread computes a
 // kRows x 4 block; kRows = 4 where that leaves a warp of blocks (it reads
-// shared memory least per FMA: the products are bound by shared-memory
-// wavefronts), else fewer rows.
+// shared memory least per FMA: with 2 x 4 blocks the products were bound by
+// shared-memory wavefronts), else fewer rows.
 template <int N>
 struct SmallShape {
   static constexpr int kLd = N + 4;
