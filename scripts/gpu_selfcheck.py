@@ -52,7 +52,7 @@ def main():
     norms = [1e-9, 1e-4, 0.03, 0.4, 1.2, 2.5, 4.0, 40.0, 3000.0]
     # 1 .. 32: the fused kernel (padded sizes 4, 8, 16, 32); above: the GEMM
     # path; n = 300 with a batch of 16 takes its 128 x 128 float tiles.
-    sizes = [1, 2, 3, 5, 8, 16, 17, 31, 32, 33, 48, 64, 65, 100, 129, 200, 300]
+    sizes = [1, 2, 3, 5, 8, 16, 17, 31, 32, 33, 48, 64, 65, 100, 128, 129, 200, 300]
     failures = 0
     t0 = time.time()
     # --large-only: just the single large matrices (below).

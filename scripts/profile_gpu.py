@@ -11,6 +11,16 @@ import mlx.core as mx
 import mlx_linalg_ext as mle
 import numpy as np
 
+# The benchmark's small batches (batch, n, dtype).
+SMALL_CASES = [
+    (4096, 8, np.float32),
+    (4096, 16, np.float32),
+    (1024, 32, np.float32),
+    (4096, 16, np.complex64),
+    (256, 64, np.float32),
+    (64, 128, np.float32),
+]
+
 
 def make(batch, n, dtype=np.float32, host=False):
     """Inputs in GPU memory (made by a GPU op), as torch's .cuda() tensors;
@@ -112,13 +122,7 @@ def main():
         overheads()
     # --shape BxN[c]: only run that case 8 times (for ncu --launch-skip).
     only = sys.argv[sys.argv.index("--shape") + 1] if "--shape" in sys.argv else None
-    for batch, n, dt in [
-        (4096, 8, np.float32),
-        (4096, 16, np.float32),
-        (1024, 32, np.float32),
-        (4096, 16, np.complex64),
-        (256, 64, np.float32),
-    ]:
+    for batch, n, dt in SMALL_CASES:
         tag = f"{batch}x{n}" + ("c" if dt == np.complex64 else "")
         if only is not None:
             if tag != only:

@@ -136,6 +136,31 @@ def test_mixed_batch_every_branch(device, rng, dtype):
         )
 
 
+@pytest.mark.parametrize("n", [65, 100, 128])
+def test_batch_of_larger_matrices_every_branch(device, rng, n):
+    """48 float32 matrices of size 65..128 from every degree band and several
+    scaling levels, with a NaN and an Inf matrix among them: each matches its
+    own reference and the non-finite ones stay in their own result. On the
+    GPU a batch this large takes the fused kernel with its buffers in global
+    memory (n > 64; a smaller batch takes the GEMM path)."""
+    norms = _band_norms(THETA32)
+    norms = [norms[i % len(norms)] for i in range(46)]
+    mats = [
+        matrix_with_norm(rng, n, nu, "gauss" if nu < 4 else "dissipative")
+        for nu in norms
+    ]
+    a = rounded(np.stack(mats), mx.float32)
+    bad = np.stack([a[0], a[1]])
+    bad[0, 3, 5] = np.nan
+    bad[1, n - 1, 0] = np.inf
+    a = np.concatenate([a[:20], bad, a[20:]])
+    x = to_np(mle.matrix_exp(to_mx(a, mx.float32), stream=device))
+    assert np.isnan(x[20]).all() and np.isnan(x[21]).all()
+    finite = np.r_[0:20, 22:48]
+    assert np.isfinite(x[finite]).all()
+    _check_against_refs(x[finite], a[finite], mx.float32, f"batch of n={n}")
+
+
 # --- closed forms -----------------------------------------------------------
 
 

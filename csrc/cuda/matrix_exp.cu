@@ -12,7 +12,9 @@
 // - n <= 64 (32 for complex64 with the derivative): one fused kernel for the
 //   whole batch, one block per matrix that holds everything in shared memory
 //   and runs norms, degree, product program and its own squaring loop (one
-//   launch for any batch);
+//   launch for any batch); the same kernel with its buffers in global memory
+//   for the float forward at n = 65..128 when the batch fills a third of the
+//   SMs (small_global, global_min_batch);
 // - larger n: a parameter kernel writes (shift, mu, degree, s) per matrix to
 //   a device buffer; the combine and GEMM launches of the product program
 //   read it and exit for matrices that do not need their step (5 predicated
@@ -22,9 +24,11 @@
 //   what is co-resident on the GPU). So the launch count does not depend on
 //   s, whose bound is expm::kMaxSquaringsSingle = 128 (only +Inf gets there,
 //   and it is caught as non-finite first).
-// Products keep FP32 accuracy, never plain TF32: FP32 FMA (SIMT) in the
-// fused kernel and below n = 512 (tc_min), above on tensor cores in
-// split-precision 3xTF32 (tf32x3_tile.cuh, CUTLASS mainloops).
+// Products keep FP32 accuracy, never plain TF32: in the fused kernel float
+// from n = 9 on FP64 tensor cores (sm_90: float operands, double
+// accumulation, SmallMma), else FP32 FMA (SIMT); on the GEMM path FP32 FMA
+// below n = 512 (tc_min), above tensor cores in split-precision 3xTF32
+// (tf32x3_tile.cuh, CUTLASS mainloops).
 //
 // Launches go through MLX's command encoder as CUfunction handles
 // (libmlx.so carries its own static CUDA runtime, which does not know this
@@ -301,7 +305,9 @@ int device_attr(cudaDeviceAttr attr) {
 // memory, in kSmallBuffers buffers (and as many again for the derivative)
 // that the plan of small_plan.h shares out among slots and operands. The
 // kernel is compiled for a padded size N (4, 8, 16, 32, 64; 64 where its
-// buffers fit the shared memory: not complex64 with the derivative):
+// buffers fit the shared memory: not complex64 with the derivative; and 128
+// for the float forward, whose buffers are in a global workspace that stays
+// in L2 and L1, see small_global):
 // an n x n matrix (n <= N) sits in the top-left corner of an N x N one whose
 // other entries are zero, i.e. exp of the block diagonal [[A, 0], [0, 0]],
 // whose top-left block is exp(A) exactly (every product, combination and
@@ -309,45 +315,73 @@ int device_attr(cudaDeviceAttr attr) {
 // norms and the trace shift use the n x n block only. With N fixed every
 // loop unrolls and every index is a constant.
 //
-// Rows are LD = N + 4 elements: 16-byte aligned, and the rows a warp reads
-// at once fall in different banks. A product thread computes a kRows x 4
-// block in registers (SmallShape, SmallBlock), from 16-byte vectors of L and
-// R, and stores it after the whole block has read its operands; the block
-// has one thread per such block (at least a warp), so none idles in the
-// products. Fewer buffers and threads than one per
-// element let more matrices share an SM: on an H100 1024 matrices of 32 x
-// 32 and 256 of 64 x 64 (float) run in a single wave.
+// A product thread computes a kRows x 4 block in registers (SmallShape,
+// SmallBlock): rows i, i + N / kRows, ..., so that the L rows a quarter-warp
+// reads lie in different banks. It reads 16-byte vectors of L and R, and
+// stores after the whole block has read its operands; the block has one
+// thread per such block (at least a warp), so none idles in the products.
+// Rows are unpadded for float (LD = N); complex64 rows are padded to N + 4
+// elements, where the rows of one quarter-warp would share banks. Float
+// products from N = 16 run on the FP64 tensor cores instead (SmallMma).
+// Fewer buffers and threads than one per element let more matrices share
+// an SM: on an H100 4096 matrices of 16 x 16, 1024 of 32 x 32 and 256 of
+// 64 x 64 (float) run in a single wave.
 
 constexpr int kSmallBuffers = cuda::kPlanBuffers;
 
 inline int small_size(int n) {
-  return n <= 4 ? 4 : n <= 8 ? 8 : n <= 16 ? 16 : n <= 32 ? 32 : 64;
+  return n <= 4 ? 4
+      : n <= 8  ? 8
+      : n <= 16 ? 16
+      : n <= 32 ? 32
+      : n <= 64 ? 64
+                : 128;
+}
+
+// Whether the fused kernel of size N keeps its buffers in a global workspace
+// (one block per matrix, 512 threads): 6 float buffers of 128 x 128 are 384
+// KiB, more than an SM's shared memory; they stay in L2 (64 matrices: 25
+// MB), and a block's reads of its operands mostly hit its SM's L1, which
+// has all of the 256 KiB when the kernel uses no shared memory. Against the
+// GEMM path's 15 launches with grid-wide predication it is one launch.
+constexpr bool small_global(int N) {
+  return N > 64;
+}
+
+// Row stride of the fused kernel's matrices (see above).
+template <typename T>
+constexpr int small_ld(int N) {
+  return std::is_same_v<T, float> ? N : N + 4;
 }
 
 template <typename T>
 constexpr size_t small_bytes(int N, bool frechet) {
-  return size_t(N) * (N + 4) * sizeof(T) * kSmallBuffers * (frechet ? 2 : 1);
+  return size_t(N) * small_ld<T>(N) * sizeof(T) * kSmallBuffers *
+      (frechet ? 2 : 1);
 }
 
 template <typename T>
 size_t small_smem_bytes(int n, bool frechet) {
-  return small_bytes<T>(small_size(n), frechet);
+  const int N = small_size(n);
+  return small_global(N) ? 0 : small_bytes<T>(N, frechet);
 }
 
 // Work split of the fused kernel for size N: a product thread computes a
 // kRows x 4 block; kRows = 4 where that leaves a warp of blocks (it reads
 // shared memory least per FMA: with 2 x 4 blocks the products were bound by
 // shared-memory wavefronts), else fewer rows.
-template <int N>
+template <typename T, int N>
 struct SmallShape {
-  static constexpr int kLd = N + 4;
+  static constexpr int kLd = small_ld<T>(N);
   static constexpr int kMat = N * kLd;
   static constexpr int kStrips = N / 4; // 4-wide strips of a row
   static constexpr int kRows = N * kStrips >= 4 * 32 ? 4
       : N * kStrips >= 2 * 32                        ? 2
                                                      : 1;
   static constexpr int kItems = (N / kRows) * kStrips;
-  static constexpr int kThreads = kItems < 32 ? 32 : kItems;
+  // At N = 128 (FP64 tensor-core products only) 512 threads: 1024 would
+  // leave 64 registers a thread and spill.
+  static constexpr int kThreads = N > 64 ? 512 : kItems < 32 ? 32 : kItems;
 };
 
 // Blocks per SM that the shared memory allows on Hopper (228 KiB per SM,
@@ -355,8 +389,11 @@ struct SmallShape {
 // register budget __launch_bounds__ asks the compiler to keep to.
 template <typename T, bool kFrechet, int N>
 constexpr int small_min_blocks() {
+  if (small_global(N)) {
+    return 1;
+  }
   constexpr int by_smem = 233472 / int(small_bytes<T>(N, kFrechet) + 1024);
-  constexpr int by_threads = 2048 / SmallShape<N>::kThreads;
+  constexpr int by_threads = 2048 / SmallShape<T, N>::kThreads;
   constexpr int b = by_smem < by_threads ? by_smem : by_threads;
   return b < 1 ? 1 : b > 32 ? 32 : b;
 }
@@ -385,21 +422,23 @@ __device__ inline void store4(c64* p, const c64 (&v)[4]) {
   reinterpret_cast<float4*>(p)[1] = make_float4(v[2].x, v[2].y, v[3].x, v[3].y);
 }
 
-// This thread's block of an N x N product: rows i .. i + kRows - 1, columns
-// j .. j + 3 (row stride N + 4); threads past the items hold none. Per 4
+// This thread's block of an N x N product: rows i + p kRowStep (p < kRows),
+// columns j .. j + 3 (row stride kLd); threads past the items hold none. Per 4
 // steps of k it reads a 16-byte vector of each of its rows of L and of 4
 // rows of R, for 16 kRows FMAs.
 template <typename T, int N>
 struct SmallBlock {
-  using S = SmallShape<N>;
+  using S = SmallShape<T, N>;
+  static constexpr int kRowStep = N / S::kRows; // between the block's rows
   T v[S::kRows][4];
 
   __device__ static bool active() {
     return S::kItems == S::kThreads || int(threadIdx.x) < S::kItems;
   }
-  __device__ static int first() { // offset of the block's first element
+  // Offset of the block's first element; its rows are kRowStep apart.
+  __device__ static int first() {
     int it = threadIdx.x;
-    return (it / S::kStrips) * S::kRows * S::kLd + (it % S::kStrips) * 4;
+    return (it / S::kStrips) * S::kLd + (it % S::kStrips) * 4;
   }
 
   // v = L R (+ L2 R2 when kTwo). Reads shared memory only; no barrier.
@@ -426,7 +465,7 @@ struct SmallBlock {
         T lv[S::kRows][4];
 #pragma unroll
         for (int p = 0; p < S::kRows; ++p) {
-          load4(lm + p * S::kLd + k0, lv[p]);
+          load4(lm + p * kRowStep * S::kLd + k0, lv[p]);
         }
 #pragma unroll
         for (int kk = 0; kk < 4; ++kk) {
@@ -450,10 +489,142 @@ struct SmallBlock {
     }
 #pragma unroll
     for (int p = 0; p < S::kRows; ++p) {
-      store4(c + first() + p * S::kLd, v[p]);
+      store4(c + first() + p * kRowStep * S::kLd, v[p]);
     }
   }
 };
+
+// Float products of the fused kernel on Hopper's FP64 tensor cores
+// (mma.m16n8k8.f64): fragments of L and R are converted to double (exactly),
+// accumulated in double, and each element is rounded once. Every operand
+// element is read from shared memory once per warp, where SmallBlock reads
+// 6 values per 8 FMAs at N = 16: there its products were bound by
+// shared-memory wavefronts (ncu, 4096 x 16 x 16: 935 per matrix, ~2/3 in
+// the products; on an H100 the kernel took 18.6 us with this, 24.9 before).
+// Work split: warp w computes the 16-row band w % (N / 16) for kGroups
+// groups of 16 columns. Lane (g, t) = (lane / 4, lane % 4) holds rows g and
+// g + 8 of the band. Two free choices keep the shared accesses 16 or 8 bytes
+// wide and bank-friendly:
+// - columns: in a group of 16, n-tile q holds the columns 2c + q, so a
+//   lane's B values of both tiles are adjacent (R[k][2g], R[k][2g + 1]) and
+//   its outputs of a row are 4 adjacent columns (4t .. 4t + 3);
+// - k: in a group of 16, k-step u, half h of lane t use k = 4t + ((2u + h)
+//   ^ (t & 1)), so its L values are one 16-byte vector per row, and the R
+//   rows of one load alternate in parity across t (two wavefronts, the
+//   minimum for 256 bytes).
+template <int N>
+struct SmallMma {
+  static constexpr int kLd = N; // float rows are unpadded
+  static constexpr int kBands = N / 16;
+  static constexpr int kWarps = SmallShape<float, N>::kThreads / 32;
+  static constexpr int kGroups = N / 16 / (kWarps / kBands); // per warp
+  static_assert(kWarps % kBands == 0 && kGroups >= 1);
+  // [column group][n-tile][fragment: (g, 2c), (g, 2c + 1), (g + 8, ..)]
+  double acc[kGroups][2][4];
+
+  // d = a b + d for one m16n8k8 tile.
+  __device__ static void
+  mma(double (&d)[4], const double (&a)[4], double b0, double b1) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    asm volatile(
+        "mma.sync.aligned.m16n8k8.row.col.f64.f64.f64.f64 "
+        "{%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, "
+        "{%0, %1, %2, %3};\n"
+        : "+d"(d[0]), "+d"(d[1]), "+d"(d[2]), "+d"(d[3])
+        : "d"(a[0]), "d"(a[1]), "d"(a[2]), "d"(a[3]), "d"(b0), "d"(b1));
+#else
+    __trap(); // SmallProduct picks SmallBlock below sm_90
+#endif
+  }
+
+  // First row of the warp's band and first column of its groups.
+  __device__ static int row0() {
+    return (int(threadIdx.x) / 32 % kBands) * 16;
+  }
+  __device__ static int col0() {
+    return (int(threadIdx.x) / 32 / kBands) * kGroups * 16;
+  }
+
+  // acc = L R (+ L2 R2 when kTwo). Reads shared memory only; no barrier.
+  template <bool kTwo>
+  __device__ void
+  product(const float* l, const float* r, const float* l2, const float* r2) {
+    const int g = (threadIdx.x & 31) >> 2, t = threadIdx.x & 3;
+    const int odd = t & 1;
+#pragma unroll
+    for (int cg = 0; cg < kGroups; ++cg) {
+#pragma unroll
+      for (int q = 0; q < 2; ++q) {
+#pragma unroll
+        for (int f = 0; f < 4; ++f) {
+          acc[cg][q][f] = 0.0;
+        }
+      }
+    }
+#pragma unroll
+    for (int pass = 0; pass < (kTwo ? 2 : 1); ++pass) {
+      const float* lm = (pass == 0 ? l : l2) + (row0() + g) * kLd + 4 * t;
+      const float* rm = (pass == 0 ? r : r2) + col0() + 2 * g;
+#pragma unroll(N <= 64 ? N / 16 : 2) // 64 accumulators at N = 128
+      for (int k0 = 0; k0 < N; k0 += 16) {
+        float lv[2][4]; // L[g][k0 + 4t ..], L[g + 8][k0 + 4t ..]
+        load4(lm + k0, lv[0]);
+        load4(lm + 8 * kLd + k0, lv[1]);
+#pragma unroll
+        for (int u = 0; u < 2; ++u) {
+          double a[4]; // (g, h = 0), (g + 8, 0), (g, 1), (g + 8, 1)
+          const float* rk[2]; // the R rows of h = 0, 1
+#pragma unroll
+          for (int h = 0; h < 2; ++h) {
+            const int j = 2 * u + h; // the pair (j, j ^ 1) swaps for odd t
+            a[2 * h] = double(odd ? lv[0][j ^ 1] : lv[0][j]);
+            a[2 * h + 1] = double(odd ? lv[1][j ^ 1] : lv[1][j]);
+            rk[h] = rm + (k0 + 4 * t + (j ^ odd)) * kLd;
+          }
+#pragma unroll
+          for (int cg = 0; cg < kGroups; ++cg) {
+            const float2 r0 = *reinterpret_cast<const float2*>(rk[0] + 16 * cg);
+            const float2 r1 = *reinterpret_cast<const float2*>(rk[1] + 16 * cg);
+            mma(acc[cg][0], a, double(r0.x), double(r1.x));
+            mma(acc[cg][1], a, double(r0.y), double(r1.y));
+          }
+        }
+      }
+    }
+  }
+
+  __device__ void store(float* c) const {
+    const int g = (threadIdx.x & 31) >> 2, t = threadIdx.x & 3;
+    float* cm = c + (row0() + g) * kLd + col0() + 4 * t;
+#pragma unroll
+    for (int cg = 0; cg < kGroups; ++cg) {
+#pragma unroll
+      for (int half = 0; half < 2; ++half) {
+        const float v[4] = {
+            float(acc[cg][0][2 * half]),
+            float(acc[cg][1][2 * half]),
+            float(acc[cg][0][2 * half + 1]),
+            float(acc[cg][1][2 * half + 1])};
+        store4(cm + 8 * half * kLd + 16 * cg, v);
+      }
+    }
+  }
+};
+
+// The product blocks of the fused kernel: FP64 tensor cores for float from
+// N = 16 on sm_90 and newer, FP32 (or complex64) FMAs otherwise. N = 128
+// has only the former (its 512 threads are too few for SmallBlock);
+// expm_gpu launches it on sm_90 and newer only.
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ < 900
+constexpr bool kSmallFp64Mma = false;
+#else
+constexpr bool kSmallFp64Mma = true;
+#endif
+template <typename T, int N>
+using SmallProduct = std::conditional_t<
+    std::is_same_v<T, float> && N >= 16 && (kSmallFp64Mma || small_global(N)),
+    SmallMma<N>,
+    SmallBlock<T, N>>;
 
 using cuda::SmallPlan;
 
@@ -471,7 +642,8 @@ struct SmallCombo {
 #pragma unroll
     for (int j = 0; j < expm::kMaxSlots; ++j) {
       c[j] = j < count ? coef[j] : 0.0f;
-      src[j] = j >= 1 && j < count ? slot_buffer[j] * SmallShape<N>::kMat : 0;
+      src[j] =
+          j >= 1 && j < count ? slot_buffer[j] * SmallShape<T, N>::kMat : 0;
     }
   }
 
@@ -498,7 +670,7 @@ struct SmallCombo {
     for (int j = 1; j < expm::kMaxSlots; ++j) {
       mac(acc, c[j], v[j]);
     }
-    if (identity && c[0] != 0.0f && idx % (SmallShape<N>::kLd + 1) == 0) {
+    if (identity && c[0] != 0.0f && idx % (SmallShape<T, N>::kLd + 1) == 0) {
       acc += real_to<T>(c[0]);
     }
     return acc;
@@ -514,11 +686,11 @@ struct SmallCombo {
 template <typename T, int N, bool kFrechet>
 __device__ inline bool
 small_form_operands(const SmallPlan& plan, int d, int step, T* buf, T* dbuf) {
-  using S = SmallShape<N>;
+  using S = SmallShape<T, N>;
   const int count = 2 + step - expm::kFirstStep[d];
-  const bool form_l = plan.lone[step][0][0] < 0;
-  const bool form_r = plan.lone[step][1][0] < 0 &&
-      plan.operand[step][1] != plan.operand[step][0];
+  const bool form_l = plan.lone[step][0] < 0;
+  const bool form_r =
+      plan.lone[step][1] < 0 && plan.operand[step][1] != plan.operand[step][0];
   if (!form_l && !form_r) {
     return false;
   }
@@ -526,7 +698,7 @@ small_form_operands(const SmallPlan& plan, int d, int step, T* buf, T* dbuf) {
   const SmallCombo<T, N> cr(plan.step[step][1], count, plan.slot[d]);
   const int ol = plan.operand[step][0] * S::kMat;
   const int or_ = plan.operand[step][1] * S::kMat;
-#pragma unroll 2
+#pragma unroll(small_global(N) ? 8 : 2) // global: more loads in flight
   for (int idx = threadIdx.x; idx < S::kMat; idx += S::kThreads) {
     // Both operands combine the same slots (their offsets agree).
     T v[expm::kMaxSlots];
@@ -566,16 +738,17 @@ small_form_operands(const SmallPlan& plan, int d, int step, T* buf, T* dbuf) {
 
 template <typename T, bool kFrechet, int N>
 __global__ void __launch_bounds__(
-    SmallShape<N>::kThreads,
+    SmallShape<T, N>::kThreads,
     small_min_blocks<T, kFrechet, N>())
     expm_small_kernel(
         const T* __restrict__ a,
         const T* __restrict__ e,
         T* __restrict__ x_out,
         T* __restrict__ l_out,
+        T* __restrict__ work, // the buffers where small_global(N)
         int n,
         const __grid_constant__ SmallPlan plan) {
-  using S = SmallShape<N>;
+  using S = SmallShape<T, N>;
   constexpr int LD = S::kLd;
   constexpr int kMat = S::kMat;
   constexpr int kThreads = S::kThreads;
@@ -583,8 +756,11 @@ __global__ void __launch_bounds__(
   const int nn = n * n;
   const size_t off = size_t(blockIdx.x) * nn;
   // Buffer b is buf + b kMat (primal) and dbuf + b kMat (dual); A and E
-  // start in buffer 0, the identity is implicit.
-  T* buf = reinterpret_cast<T*>(smem_raw);
+  // start in buffer 0, the identity is implicit. A block reads back only
+  // what its own threads wrote before a barrier, also in global memory.
+  T* buf = small_global(N)
+      ? work + size_t(blockIdx.x) * (small_bytes<T>(N, kFrechet) / sizeof(T))
+      : reinterpret_cast<T*>(smem_raw);
   T* dbuf = buf + kSmallBuffers * kMat;
   Params& shared_params = *reinterpret_cast<Params*>(buf + kMat);
 #ifdef MLX_LINALG_EXT_PHASE_CLOCKS
@@ -596,8 +772,9 @@ __global__ void __launch_bounds__(
 
   // A (and E) into the top-left corner of zero N x N matrices; the loop
   // unrolls so that every load of a thread is in flight at once.
+  // (At N = 128, 32 loads a thread: 8 at a time keep to the registers.)
   constexpr int kPasses = (kMat + kThreads - 1) / kThreads;
-#pragma unroll
+#pragma unroll(kPasses <= 16 ? kPasses : 8)
   for (int pass = 0; pass < kPasses; ++pass) {
     int idx = pass * kThreads + threadIdx.x;
     if (kMat % kThreads == 0 || idx < kMat) {
@@ -613,10 +790,10 @@ __global__ void __launch_bounds__(
   PHASE("load");
   // The 1-norms of A and A - mu I over the n x n block in warp 0: mu =
   // tr(A)/n summed in T in order as on the CPU (every lane forms it), lane j
-  // sums columns j, j + 32 in double in row order, shuffles take the maxima
-  // (NaN kept), lane 0 decides. The loops run over the padded N x N matrix
-  // without branches (so that the loads overlap): the padding adds exact
-  // zeros.
+  // sums columns j, j + 32, ... in double in row order, shuffles take the
+  // maxima (NaN kept), lane 0 decides. The loops run over the padded N x N
+  // matrix without branches (so that the loads overlap): the padding adds
+  // exact zeros.
   if (threadIdx.x < 32) {
     T tr = real_to<T>(0.0f);
 #pragma unroll 16
@@ -695,9 +872,9 @@ __global__ void __launch_bounds__(
     PHASE("form");
     const T* l = buf + plan.operand[step][0] * kMat;
     const T* r = buf + plan.operand[step][1] * kMat;
-    SmallBlock<T, N> p;
+    SmallProduct<T, N> p;
     p.template product<false>(l, r, nullptr, nullptr);
-    SmallBlock<T, N> dp;
+    SmallProduct<T, N> dp;
     if constexpr (kFrechet) {
       const T* dl = dbuf + plan.operand[step][0] * kMat;
       const T* dr = dbuf + plan.operand[step][1] * kMat;
@@ -722,6 +899,7 @@ __global__ void __launch_bounds__(
   {
     const Factor factor = exp_factor(mu * f);
     const SmallCombo<T, N> cf(plan.fin[d], count, slot);
+#pragma unroll(small_global(N) ? 4 : 1)
     for (int idx = threadIdx.x; idx < kMat; idx += kThreads) {
       T x = cf.at(buf, idx, true);
       buf[fin + idx] = shift ? apply(factor, x) : x;
@@ -736,9 +914,9 @@ __global__ void __launch_bounds__(
   T* x = buf + fin;
   T* dx = dbuf + fin;
   for (int i = 0; i < s; ++i) {
-    SmallBlock<T, N> y;
+    SmallProduct<T, N> y;
     y.template product<false>(x, x, nullptr, nullptr);
-    SmallBlock<T, N> dy;
+    SmallProduct<T, N> dy;
     if constexpr (kFrechet) {
       dy.template product<true>(x, dx, dx, x); // X dX + dX X
     }
@@ -773,10 +951,16 @@ __global__ void __launch_bounds__(
 #endif
 }
 
-// Whether the fused kernel exists for padded size N: all but complex64 with
-// the derivative at N = 64 (twice 6 buffers of 64 x 68 complex64, 418 KB).
+// Whether the fused kernel exists for padded size N: up to 64 all but
+// complex64 with the derivative at N = 64 (twice 6 buffers of 64 x 68
+// complex64, 418 KB); at 128 the float forward only: its products are the
+// FP64 tensor-core ones (sm_90 and newer), which complex64 does not have;
+// the derivative, a second set of 64 accumulators a thread, was not tried.
 template <typename T, bool kFrechet>
 constexpr bool has_small_kernel(int N) {
+  if (N > 64) {
+    return std::is_same_v<T, float> && !kFrechet;
+  }
   return N <= 32 || !(std::is_same_v<T, c64> && kFrechet);
 }
 
@@ -791,20 +975,29 @@ void launch_small(
   };
   switch (small_size(n)) {
     case 4:
-      return go(expm_small_kernel<T, kFrechet, 4>, SmallShape<4>::kThreads);
+      return go(expm_small_kernel<T, kFrechet, 4>, SmallShape<T, 4>::kThreads);
     case 8:
-      return go(expm_small_kernel<T, kFrechet, 8>, SmallShape<8>::kThreads);
+      return go(expm_small_kernel<T, kFrechet, 8>, SmallShape<T, 8>::kThreads);
     case 16:
-      return go(expm_small_kernel<T, kFrechet, 16>, SmallShape<16>::kThreads);
+      return go(
+          expm_small_kernel<T, kFrechet, 16>, SmallShape<T, 16>::kThreads);
     case 32:
-      return go(expm_small_kernel<T, kFrechet, 32>, SmallShape<32>::kThreads);
-    default:
-      // expm_gpu checks small_smem_bytes against the device first.
+      return go(
+          expm_small_kernel<T, kFrechet, 32>, SmallShape<T, 32>::kThreads);
+    case 64: // expm_gpu checks small_smem_bytes against the device first
       if constexpr (has_small_kernel<T, kFrechet>(64)) {
-        return go(expm_small_kernel<T, kFrechet, 64>, SmallShape<64>::kThreads);
+        return go(
+            expm_small_kernel<T, kFrechet, 64>, SmallShape<T, 64>::kThreads);
       }
-      throw std::logic_error("[matrix_exp] No fused kernel for this size.");
+      break;
+    default:
+      if constexpr (has_small_kernel<T, kFrechet>(128)) {
+        return go(
+            expm_small_kernel<T, kFrechet, 128>, SmallShape<T, 128>::kThreads);
+      }
+      break;
   }
+  throw std::logic_error("[matrix_exp] No fused kernel for this size.");
 }
 
 // ============================ larger matrices ===============================
@@ -1520,16 +1713,33 @@ __global__ void __launch_bounds__(Gemm::kThreads, 1) sm90_gemm_kernel(
 
 // ================================ dispatch ==================================
 
-// Largest n that takes the fused one-block path: 64, the largest padded size
-// compiled (when its shared memory fits, else 32).
-// MLX_LINALG_EXT_CUDA_SMALL_MAX=k (k < 64) lowers it, to test and time the GEMM
-// path on small matrices.
+// Largest n that takes the fused one-block path: 128, the largest padded
+// size compiled (where has_small_kernel and the shared memory allow: else
+// the GEMM path). MLX_LINALG_EXT_CUDA_SMALL_MAX=k (k < 128) lowers it, to
+// test and time the GEMM path on small matrices.
 int small_max() {
   static int v = [] {
     const char* s = std::getenv("MLX_LINALG_EXT_CUDA_SMALL_MAX");
-    return s ? std::atoi(s) : 64;
+    return s ? std::atoi(s) : 128;
   }();
   return v;
+}
+
+// Smallest batch for which n = 65..128 takes the fused kernel (small_global):
+// a third of the SMs. There a matrix has one SM; with fewer matrices the
+// GEMM path, which spreads every product over the GPU, can be faster. 128 x
+// 128 float, fused against GEMM path, end to end: H100 (an earlier version
+// of the fused kernel) batch 16 0.171 ms against 0.161, 32 0.189 against
+// 0.174, 48 0.172 against 0.209; H200 (this version) 16 0.178 against
+// 0.178, 32 0.196 against 0.206, 48 0.187 against 0.248, 64 0.184 against
+// 0.222. MLX_LINALG_EXT_CUDA_GLOBAL_MIN_BATCH=k overrides it, to test and
+// time either path.
+int global_min_batch(int sms) {
+  static int v = [] {
+    const char* s = std::getenv("MLX_LINALG_EXT_CUDA_GLOBAL_MIN_BATCH");
+    return s ? std::atoi(s) : -1;
+  }();
+  return v >= 0 ? v : (sms + 2) / 3;
 }
 
 // Smallest n whose products run on tensor cores (3xTF32); below it SIMT
@@ -1653,11 +1863,40 @@ void expm_gpu(
     encoder.add_graph_node(graph); // copies it
   };
 
-  size_t smem = small_smem_bytes<T>(n, frechet);
-  int smem_optin = device_attr(cudaDevAttrMaxSharedMemoryPerBlockOptin);
-  if (n <= std::min(small_max(), 64) && smem <= size_t(smem_optin)) {
+  // A workspace of `bytes` in one temporary array, so that MLX keeps it
+  // alive until the nodes ran.
+  auto workspace = [&](size_t bytes) {
+    size_t words = (bytes + 3) / 4;
+    mx::Shape shape = words < (size_t(1) << 30)
+        ? mx::Shape{int(words)}
+        : mx::Shape{int((words + (1 << 20) - 1) >> 20), 1 << 20};
+    mx::array ws(
+        mx::allocator::malloc(
+            size_t(4) * shape[0] * (shape.size() > 1 ? shape[1] : 1)),
+        shape,
+        mx::float32);
+    encoder.add_temporary(ws);
+    temps.push_back(ws);
+    return gpu_ptr<char>(ws);
+  };
+
+  const int sms = device_attr(cudaDevAttrMultiProcessorCount);
+  const int small_n = small_size(n);
+  const size_t smem = small_smem_bytes<T>(n, frechet);
+  const int smem_optin = device_attr(cudaDevAttrMaxSharedMemoryPerBlockOptin);
+  const bool fused = n <= small_max() && smem <= size_t(smem_optin) &&
+      (frechet ? has_small_kernel<T, true>(small_n)
+               : has_small_kernel<T, false>(small_n)) &&
+      (!small_global(small_n) ||
+       (batch >= global_min_batch(sms) &&
+        device_attr(cudaDevAttrComputeCapabilityMajor) >= 9));
+  if (fused) {
+    T* work = small_global(small_n)
+        ? reinterpret_cast<T*>(
+              workspace(small_bytes<T>(small_n, frechet) * batch))
+        : nullptr;
     auto add_small = [&](CUfunction f, dim3 grid, dim3 block, uint32_t sm) {
-      add(f, grid, block, sm, pa, pe, px, pl, n, cuda::small_plan());
+      add(f, grid, block, sm, pa, pe, px, pl, work, n, cuda::small_plan());
     };
     if (frechet) {
       launch_small<T, true>(n, batch, smem, add_small);
@@ -1668,7 +1907,7 @@ void expm_gpu(
   }
 
   // Workspace: the buffers, then (degree, s) per matrix, the column sums and
-  // the barrier; one temporary array so that MLX keeps it alive.
+  // the barrier.
   size_t buf_bytes = nn * sizeof(T) * kBuffers * (frechet ? 2 : 1) * batch;
   size_t params_off = buf_bytes;
   size_t colsum_off = params_off + (sizeof(Params) * batch + 255) / 256 * 256;
@@ -1679,18 +1918,7 @@ void expm_gpu(
   const int split_ld = on_sm90 ? 3 * n * c * (frechet ? 2 : 1) : 0;
   size_t split_off = (barrier_off + 256 + 255) / 256 * 256;
   size_t ws_bytes = split_off + sizeof(float) * split_ld * size_t(n + n * c);
-  size_t ws_words = (ws_bytes + 3) / 4;
-  mx::Shape ws_shape = ws_words < (size_t(1) << 30)
-      ? mx::Shape{int(ws_words)}
-      : mx::Shape{int((ws_words + (1 << 20) - 1) >> 20), 1 << 20};
-  mx::array ws(
-      mx::allocator::malloc(
-          size_t(4) * ws_shape[0] * (ws_shape.size() > 1 ? ws_shape[1] : 1)),
-      ws_shape,
-      mx::float32);
-  encoder.add_temporary(ws);
-  temps.push_back(ws);
-  char* base = gpu_ptr<char>(ws);
+  char* base = workspace(ws_bytes);
   Work w;
   w.buf = base;
   w.params = reinterpret_cast<Params*>(base + params_off);
@@ -1713,7 +1941,6 @@ void expm_gpu(
   });
   add(cu_function(decide_kernel<T>), dim3(batch), dim3(256), 0, pa, colsum, w);
 
-  int sms = device_attr(cudaDevAttrMultiProcessorCount);
   // Elementwise launches: enough blocks to fill the GPU across the batch.
   int ew_blocks = int(std::clamp<size_t>(
       (nn + 255) / 256, 1, std::max<size_t>(1, size_t(sms) * 8 / batch + 1)));

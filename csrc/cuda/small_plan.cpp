@@ -62,8 +62,8 @@ void allocate(int d, SmallPlan& plan) {
     const int step = expm::kFirstStep[d] + k;
     const float* left = plan.step[step][0];
     const float* right = plan.step[step][1];
-    const int lone_l = plan.lone[step][0][0];
-    const int lone_r = plan.lone[step][1][0];
+    const int lone_l = plan.lone[step][0];
+    const int lone_r = plan.lone[step][1];
     bool same = lone_l < 0 && lone_r < 0;
     for (int j = 0; j < kPlanSlots; ++j) {
       same = same && left[j] == right[j];
@@ -106,8 +106,7 @@ SmallPlan build() {
         for (int j = 0; j < expm::kMaxSlots; ++j) {
           plan.step[step][side][j] = j < count ? float(c[j]) : 0.0f;
         }
-        plan.lone[step][side][0] = expm::lone_slot(c, count, true);
-        plan.lone[step][side][1] = expm::lone_slot(c, count, false);
+        plan.lone[step][side] = expm::lone_slot(c, count, true);
       }
     }
   }

@@ -28,7 +28,9 @@ enum : int {
 struct SmallPlan {
   float step[kPlanSteps][2][kPlanSlots]; // [step][left, right][slot]
   float fin[kPlanDegrees][kPlanSlots];
-  signed char lone[kPlanSteps][2][2]; // [step][left, right][primal, dual]
+  // The slot that operand [left, right] of each step is on its own (or -1:
+  // the kernel forms it). The derivative's operand is then formed too.
+  signed char lone[kPlanSteps][2];
   // Buffer of operand [left, right] of each step (its lone slot's buffer,
   // or where the combination is formed; the same for both when they are
   // the same combination).
