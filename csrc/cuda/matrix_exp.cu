@@ -514,7 +514,7 @@ struct SmallBlock {
 //   minimum for 256 bytes).
 template <int N>
 struct SmallMma {
-  static constexpr int kLd = N; // float rows are unpadded
+  static constexpr int kLd = SmallShape<float, N>::kLd; // unpadded: N
   static constexpr int kBands = N / 16;
   static constexpr int kWarps = SmallShape<float, N>::kThreads / 32;
   static constexpr int kGroups = N / 16 / (kWarps / kBands); // per warp
@@ -1713,15 +1713,19 @@ __global__ void __launch_bounds__(Gemm::kThreads, 1) sm90_gemm_kernel(
 
 // ================================ dispatch ==================================
 
+// An integer from the environment (the tuning and test knobs below), or
+// `fallback` when unset.
+int env_int(const char* name, int fallback) {
+  const char* s = std::getenv(name);
+  return s ? std::atoi(s) : fallback;
+}
+
 // Largest n that takes the fused one-block path: 128, the largest padded
 // size compiled (where has_small_kernel and the shared memory allow: else
 // the GEMM path). MLX_LINALG_EXT_CUDA_SMALL_MAX=k (k < 128) lowers it, to
 // test and time the GEMM path on small matrices.
 int small_max() {
-  static int v = [] {
-    const char* s = std::getenv("MLX_LINALG_EXT_CUDA_SMALL_MAX");
-    return s ? std::atoi(s) : 128;
-  }();
+  static int v = env_int("MLX_LINALG_EXT_CUDA_SMALL_MAX", 128);
   return v;
 }
 
@@ -1735,10 +1739,7 @@ int small_max() {
 // 0.222. MLX_LINALG_EXT_CUDA_GLOBAL_MIN_BATCH=k overrides it, to test and
 // time either path.
 int global_min_batch(int sms) {
-  static int v = [] {
-    const char* s = std::getenv("MLX_LINALG_EXT_CUDA_GLOBAL_MIN_BATCH");
-    return s ? std::atoi(s) : -1;
-  }();
+  static int v = env_int("MLX_LINALG_EXT_CUDA_GLOBAL_MIN_BATCH", -1);
   return v >= 0 ? v : (sms + 2) / 3;
 }
 
@@ -1751,10 +1752,7 @@ int global_min_batch(int sms) {
 // only 1.1-1.3x the time there. MLX_LINALG_EXT_CUDA_TC_MIN=k overrides it (a
 // huge k: FP32 SIMT only; 64: tensor cores from n = 64, fastest).
 int tc_min() {
-  static int v = [] {
-    const char* s = std::getenv("MLX_LINALG_EXT_CUDA_TC_MIN");
-    return s ? std::atoi(s) : 512;
-  }();
+  static int v = env_int("MLX_LINALG_EXT_CUDA_TC_MIN", 512);
   return v;
 }
 
@@ -1767,10 +1765,7 @@ int tc_min() {
 // MLX_LINALG_EXT_CUDA_SM90_MIN=k sets the least n c (a huge k: never).
 bool use_sm90(int nc, int batch) {
 #if defined(MLX_LINALG_EXT_SM90A)
-  static int min_nc = [] {
-    const char* s = std::getenv("MLX_LINALG_EXT_CUDA_SM90_MIN");
-    return s ? std::atoi(s) : 2048;
-  }();
+  static int min_nc = env_int("MLX_LINALG_EXT_CUDA_SM90_MIN", 2048);
   return batch == 1 && nc >= min_nc && nc % 4 == 0 &&
       device_attr(cudaDevAttrComputeCapabilityMajor) == 9;
 #else
