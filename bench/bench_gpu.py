@@ -204,6 +204,11 @@ def main():
     p.add_argument("--only", default=None, help="comma list of frameworks")
     p.add_argument("--cases", default=None, help="comma list like 4096x16,1x1024")
     p.add_argument("--no-frechet", action="store_true")
+    p.add_argument(
+        "--reverse",
+        action="store_true",
+        help="run the cases in reverse order (what runs before a case moves it)",
+    )
     args = p.parse_args()
     frameworks = {
         "mlx_linalg_ext": bench_mlx,
@@ -233,6 +238,8 @@ def main():
     if args.cases:
         want = set(args.cases.split(","))
         cases = [c for c in CASES if f"{c[0]}x{c[1]}" in want]
+    if args.reverse:
+        cases = cases[::-1]
     for batch, n, dtype, scale in cases:
         a = make_input(batch, n, dtype, scale)
         ref = reference(a)

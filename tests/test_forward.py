@@ -140,9 +140,9 @@ def test_mixed_batch_every_branch(device, rng, dtype):
 def test_batch_of_larger_matrices_every_branch(device, rng, n):
     """48 float32 matrices of size 65..128 from every degree band and several
     scaling levels, with a NaN and an Inf matrix among them: each matches its
-    own reference and the non-finite ones stay in their own result. On the
-    GPU a batch this large takes the fused kernel with its buffers in global
-    memory (n > 64; a smaller batch takes the GEMM path)."""
+    own reference and the non-finite ones stay in their own result. On a
+    Hopper GPU this takes the fused kernel that splits each matrix over a
+    cluster of two blocks (n > 64), elsewhere the GEMM path."""
     norms = _band_norms(THETA32)
     norms = [norms[i % len(norms)] for i in range(46)]
     mats = [

@@ -12,9 +12,9 @@
 // - n <= 64 (32 for complex64 with the derivative): one fused kernel for the
 //   whole batch, one block per matrix that holds everything in shared memory
 //   and runs norms, degree, product program and its own squaring loop (one
-//   launch for any batch); the same kernel with its buffers in global memory
-//   for the float forward at n = 65..128 when the batch fills a third of the
-//   SMs (small_global, global_min_batch);
+//   launch for any batch); the float forward at n = 65..128 on Hopper in
+//   one kernel with a cluster of two blocks (two SMs) per matrix
+//   (expm_pair_kernel);
 // - larger n: a parameter kernel writes (shift, mu, degree, s) per matrix to
 //   a device buffer; the combine and GEMM launches of the product program
 //   read it and exit for matrices that do not need their step (5 predicated
@@ -32,10 +32,10 @@
 //
 // Launches go through MLX's command encoder as CUfunction handles
 // (libmlx.so carries its own static CUDA runtime, which does not know this
-// library's kernels), those with thread-block clusters (the wgmma GEMMs) as
-// one-node child graphs (add_cluster in expm_gpu says why); every node reads
-// the inputs and writes the outputs and the workspace, so MLX orders the
-// nodes of one evaluation.
+// library's kernels), those with thread-block clusters (the wgmma GEMMs,
+// expm_pair_kernel) as one-node child graphs (add_cluster in expm_gpu says
+// why); every node reads the inputs and writes the outputs and the workspace,
+// so MLX orders the nodes of one evaluation.
 #include <cuda.h>
 #include <cuda_runtime.h>
 
@@ -305,9 +305,8 @@ int device_attr(cudaDeviceAttr attr) {
 // memory, in kSmallBuffers buffers (and as many again for the derivative)
 // that the plan of small_plan.h shares out among slots and operands. The
 // kernel is compiled for a padded size N (4, 8, 16, 32, 64; 64 where its
-// buffers fit the shared memory: not complex64 with the derivative; and 128
-// for the float forward, whose buffers are in a global workspace that stays
-// in L2 and L1, see small_global):
+// buffers fit the shared memory: not complex64 with the derivative; 128 for
+// the float forward in expm_pair_kernel, whose blocks hold half the rows):
 // an n x n matrix (n <= N) sits in the top-left corner of an N x N one whose
 // other entries are zero, i.e. exp of the block diagonal [[A, 0], [0, 0]],
 // whose top-left block is exp(A) exactly (every product, combination and
@@ -338,16 +337,6 @@ inline int small_size(int n) {
                 : 128;
 }
 
-// Whether the fused kernel of size N keeps its buffers in a global workspace
-// (one block per matrix, 512 threads): 6 float buffers of 128 x 128 are 384
-// KiB, more than an SM's shared memory; they stay in L2 (64 matrices: 25
-// MB), and a block's reads of its operands mostly hit its SM's L1, which
-// has all of the 256 KiB when the kernel uses no shared memory. Against the
-// GEMM path's 15 launches with grid-wide predication it is one launch.
-constexpr bool small_global(int N) {
-  return N > 64;
-}
-
 // Row stride of the fused kernel's matrices (see above).
 template <typename T>
 constexpr int small_ld(int N) {
@@ -362,8 +351,7 @@ constexpr size_t small_bytes(int N, bool frechet) {
 
 template <typename T>
 size_t small_smem_bytes(int n, bool frechet) {
-  const int N = small_size(n);
-  return small_global(N) ? 0 : small_bytes<T>(N, frechet);
+  return small_bytes<T>(small_size(n), frechet);
 }
 
 // Work split of the fused kernel for size N: a product thread computes a
@@ -379,8 +367,8 @@ struct SmallShape {
       : N * kStrips >= 2 * 32                        ? 2
                                                      : 1;
   static constexpr int kItems = (N / kRows) * kStrips;
-  // At N = 128 (FP64 tensor-core products only) 512 threads: 1024 would
-  // leave 64 registers a thread and spill.
+  // At N = 128 (expm_pair_kernel: FP64 tensor-core products only, 64 rows a
+  // block) 512 threads.
   static constexpr int kThreads = N > 64 ? 512 : kItems < 32 ? 32 : kItems;
 };
 
@@ -389,9 +377,6 @@ struct SmallShape {
 // register budget __launch_bounds__ asks the compiler to keep to.
 template <typename T, bool kFrechet, int N>
 constexpr int small_min_blocks() {
-  if (small_global(N)) {
-    return 1;
-  }
   constexpr int by_smem = 233472 / int(small_bytes<T>(N, kFrechet) + 1024);
   constexpr int by_threads = 2048 / SmallShape<T, N>::kThreads;
   constexpr int b = by_smem < by_threads ? by_smem : by_threads;
@@ -494,6 +479,58 @@ struct SmallBlock {
   }
 };
 
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ < 900
+constexpr bool kSmallFp64Mma = false;
+#else
+constexpr bool kSmallFp64Mma = true;
+#endif
+
+// Column swizzle of the fused kernel's buffers: element (i, j) lies at
+// i kLd + (j ^ small_swizzle(i)). Unpadded float rows of a multiple of 32
+// floats put the rows of a tensor-core fragment in the same banks (ncu,
+// 64x128x128: 5.1-way conflicts, 64% of the shared-load wavefronts). Bit 4
+// of the swizzle (row parity) separates the rows g, g + 1 of one
+// quarter-warp's 16-byte L loads; bit 3 (bits 2 and 3 of the row) with it
+// gives the 4 R rows 4t + .. of one half-warp's 8-byte loads 4 different
+// 8-float groups (see SmallMma). It keeps 4-float vectors whole. Kernel
+// time with / without it (ncu, one H100): 64x128x128 62.3 / 66.7 us,
+// 256x64x64 31.7 / 33.8, 1024x32x32 23.6 / 23.3 (so N >= 64 only: at N =
+// 32 the address arithmetic costs more than the conflicts). Elementwise
+// passes are unaffected (every buffer has the same layout); what needs
+// (i, j) maps through small_at / small_col.
+template <typename T, int N>
+constexpr bool small_swizzled() {
+  return std::is_same_v<T, float> && N >= 64 && kSmallFp64Mma;
+}
+template <typename T, int N>
+__device__ inline int small_swizzle(int row) {
+  if constexpr (small_swizzled<T, N>()) {
+    return 16 * (row & 1) + 8 * (((row >> 2) ^ (row >> 3)) & 1);
+  } else {
+    return 0;
+  }
+}
+// Offset of element (i, j) of a buffer.
+template <typename T, int N>
+__device__ inline int small_at(int i, int j) {
+  return i * small_ld<T>(N) + (j ^ small_swizzle<T, N>(i));
+}
+// Column of the element at offset idx (its row is idx / kLd).
+template <typename T, int N>
+__device__ inline int small_col(int idx) {
+  constexpr int kLd = small_ld<T>(N);
+  return (idx % kLd) ^ small_swizzle<T, N>(idx / kLd);
+}
+// Whether the element at offset idx is on the diagonal, the buffer's first
+// row being row0 of the matrix.
+template <typename T, int N>
+__device__ inline bool small_diagonal(int idx, int row0 = 0) {
+  if (!small_swizzled<T, N>() && row0 == 0) {
+    return idx % (small_ld<T>(N) + 1) == 0;
+  }
+  return idx / small_ld<T>(N) + row0 == small_col<T, N>(idx);
+}
+
 // Float products of the fused kernel on Hopper's FP64 tensor cores
 // (mma.m16n8k8.f64): fragments of L and R are converted to double (exactly),
 // accumulated in double, and each element is rounded once. Every operand
@@ -511,11 +548,13 @@ struct SmallBlock {
 // - k: in a group of 16, k-step u, half h of lane t use k = 4t + ((2u + h)
 //   ^ (t & 1)), so its L values are one 16-byte vector per row, and the R
 //   rows of one load alternate in parity across t (two wavefronts, the
-//   minimum for 256 bytes).
-template <int N>
+//   minimum for 256 bytes) at N = 16; from N = 64 small_swizzle spreads
+//   both over the banks.
+// kHeld: the rows of each matrix the block holds.
+template <int N, int kHeld = N>
 struct SmallMma {
   static constexpr int kLd = SmallShape<float, N>::kLd; // unpadded: N
-  static constexpr int kBands = N / 16;
+  static constexpr int kBands = kHeld / 16;
   static constexpr int kWarps = SmallShape<float, N>::kThreads / 32;
   static constexpr int kGroups = N / 16 / (kWarps / kBands); // per warp
   static_assert(kWarps % kBands == 0 && kGroups >= 1);
@@ -545,12 +584,7 @@ struct SmallMma {
     return (int(threadIdx.x) / 32 / kBands) * kGroups * 16;
   }
 
-  // acc = L R (+ L2 R2 when kTwo). Reads shared memory only; no barrier.
-  template <bool kTwo>
-  __device__ void
-  product(const float* l, const float* r, const float* l2, const float* r2) {
-    const int g = (threadIdx.x & 31) >> 2, t = threadIdx.x & 3;
-    const int odd = t & 1;
+  __device__ void zero() {
 #pragma unroll
     for (int cg = 0; cg < kGroups; ++cg) {
 #pragma unroll
@@ -561,41 +595,72 @@ struct SmallMma {
         }
       }
     }
+  }
+
+  // acc += L[band, k0 .. k0 + 15] R[k0 .. k0 + 15, groups]; row k0 + i of
+  // R at r + i kLd (k0 is a multiple of 16, so the swizzle of R's rows
+  // depends on i only).
+  __device__ void k_step(const float* l, const float* r, int k0) {
+    const int g = (threadIdx.x & 31) >> 2, t = threadIdx.x & 3;
+    const int odd = t & 1;
+    const int row = row0() + g;
+    float lv[2][4]; // L[g][k0 + 4t ..], L[g + 8][k0 + 4t ..]
+    load4(l + small_at<float, N>(row, k0 + 4 * t), lv[0]);
+    load4(l + small_at<float, N>(row + 8, k0 + 4 * t), lv[1]);
+#pragma unroll
+    for (int u = 0; u < 2; ++u) {
+      double a[4]; // (g, h = 0), (g + 8, 0), (g, 1), (g + 8, 1)
+      int kr[2]; // the R rows of h = 0, 1
+#pragma unroll
+      for (int h = 0; h < 2; ++h) {
+        const int j = 2 * u + h; // the pair (j, j ^ 1) swaps for odd t
+        a[2 * h] = double(odd ? lv[0][j ^ 1] : lv[0][j]);
+        a[2 * h + 1] = double(odd ? lv[1][j ^ 1] : lv[1][j]);
+        kr[h] = 4 * t + (j ^ odd);
+      }
+#pragma unroll
+      for (int cg = 0; cg < kGroups; ++cg) {
+        const int col = col0() + 16 * cg + 2 * g;
+        const float2 r0 = *reinterpret_cast<const float2*>(
+            r + small_at<float, N>(kr[0], col));
+        const float2 r1 = *reinterpret_cast<const float2*>(
+            r + small_at<float, N>(kr[1], col));
+        mma(acc[cg][0], a, double(r0.x), double(r1.x));
+        mma(acc[cg][1], a, double(r0.y), double(r1.y));
+      }
+    }
+  }
+
+  // acc = L R (+ L2 R2 when kTwo). Reads shared memory only; no barrier.
+  template <bool kTwo>
+  __device__ void
+  product(const float* l, const float* r, const float* l2, const float* r2) {
+    zero();
 #pragma unroll
     for (int pass = 0; pass < (kTwo ? 2 : 1); ++pass) {
-      const float* lm = (pass == 0 ? l : l2) + (row0() + g) * kLd + 4 * t;
-      const float* rm = (pass == 0 ? r : r2) + col0() + 2 * g;
-#pragma unroll(N <= 64 ? N / 16 : 2) // 64 accumulators at N = 128
+#pragma unroll
       for (int k0 = 0; k0 < N; k0 += 16) {
-        float lv[2][4]; // L[g][k0 + 4t ..], L[g + 8][k0 + 4t ..]
-        load4(lm + k0, lv[0]);
-        load4(lm + 8 * kLd + k0, lv[1]);
+        k_step(pass == 0 ? l : l2, (pass == 0 ? r : r2) + k0 * kLd, k0);
+      }
+    }
+  }
+
+  // acc = L R where R's rows 0 .. N/2 - 1 are at r_top and the others at
+  // r_bottom (a cluster's halves). Reads shared memory only; no barrier.
+  __device__ void
+  product_halves(const float* l, const float* r_top, const float* r_bottom) {
+    zero();
 #pragma unroll
-        for (int u = 0; u < 2; ++u) {
-          double a[4]; // (g, h = 0), (g + 8, 0), (g, 1), (g + 8, 1)
-          const float* rk[2]; // the R rows of h = 0, 1
+    for (int half = 0; half < 2; ++half) {
 #pragma unroll
-          for (int h = 0; h < 2; ++h) {
-            const int j = 2 * u + h; // the pair (j, j ^ 1) swaps for odd t
-            a[2 * h] = double(odd ? lv[0][j ^ 1] : lv[0][j]);
-            a[2 * h + 1] = double(odd ? lv[1][j ^ 1] : lv[1][j]);
-            rk[h] = rm + (k0 + 4 * t + (j ^ odd)) * kLd;
-          }
-#pragma unroll
-          for (int cg = 0; cg < kGroups; ++cg) {
-            const float2 r0 = *reinterpret_cast<const float2*>(rk[0] + 16 * cg);
-            const float2 r1 = *reinterpret_cast<const float2*>(rk[1] + 16 * cg);
-            mma(acc[cg][0], a, double(r0.x), double(r1.x));
-            mma(acc[cg][1], a, double(r0.y), double(r1.y));
-          }
-        }
+      for (int k0 = 0; k0 < N / 2; k0 += 16) {
+        k_step(l, (half == 0 ? r_top : r_bottom) + k0 * kLd, half * N / 2 + k0);
       }
     }
   }
 
   __device__ void store(float* c) const {
     const int g = (threadIdx.x & 31) >> 2, t = threadIdx.x & 3;
-    float* cm = c + (row0() + g) * kLd + col0() + 4 * t;
 #pragma unroll
     for (int cg = 0; cg < kGroups; ++cg) {
 #pragma unroll
@@ -605,24 +670,22 @@ struct SmallMma {
             float(acc[cg][1][2 * half]),
             float(acc[cg][0][2 * half + 1]),
             float(acc[cg][1][2 * half + 1])};
-        store4(cm + 8 * half * kLd + 16 * cg, v);
+        store4(
+            c +
+                small_at<float, N>(
+                    row0() + g + 8 * half, col0() + 16 * cg + 4 * t),
+            v);
       }
     }
   }
 };
 
 // The product blocks of the fused kernel: FP64 tensor cores for float from
-// N = 16 on sm_90 and newer, FP32 (or complex64) FMAs otherwise. N = 128
-// has only the former (its 512 threads are too few for SmallBlock);
-// expm_gpu launches it on sm_90 and newer only.
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ < 900
-constexpr bool kSmallFp64Mma = false;
-#else
-constexpr bool kSmallFp64Mma = true;
-#endif
+// N = 16 on sm_90 and newer (kSmallFp64Mma), FP32 (or complex64) FMAs
+// otherwise.
 template <typename T, int N>
 using SmallProduct = std::conditional_t<
-    std::is_same_v<T, float> && N >= 16 && (kSmallFp64Mma || small_global(N)),
+    std::is_same_v<T, float> && N >= 16 && kSmallFp64Mma,
     SmallMma<N>,
     SmallBlock<T, N>>;
 
@@ -631,20 +694,32 @@ using cuda::SmallPlan;
 // A linear combination of slots of the fused kernel, elementwise over the
 // padded matrices: sum_{j >= 1} c[j] slot_j (+ c[0] I when `identity`), in
 // the order of combine_into on the CPU. Coefficients and slot offsets go to
-// registers once, outside the element loop.
-template <typename T, int N>
+// registers once, outside the element loop. A block holds rows row0 ..
+// row0 + kHeld - 1 of each matrix (all of them, or its part in a cluster).
+template <typename T, int N, int kHeld = N>
 struct SmallCombo {
+  static constexpr int kLd = SmallShape<T, N>::kLd;
+  static constexpr int kMat = kHeld * kLd; // elements of a buffer
   float c[expm::kMaxSlots];
   int src[expm::kMaxSlots]; // element offset of slot j in the buffers
+  int row0;
 
-  __device__
-  SmallCombo(const float* coef, int count, const signed char* slot_buffer) {
+  __device__ SmallCombo(
+      const float* coef,
+      int count,
+      const signed char* slot_buffer,
+      int first_row = 0)
+      : row0(first_row) {
 #pragma unroll
     for (int j = 0; j < expm::kMaxSlots; ++j) {
       c[j] = j < count ? coef[j] : 0.0f;
-      src[j] =
-          j >= 1 && j < count ? slot_buffer[j] * SmallShape<T, N>::kMat : 0;
+      src[j] = j >= 1 && j < count ? slot_buffer[j] * kMat : 0;
     }
+  }
+
+  // Whether element idx of a buffer is on the diagonal.
+  __device__ bool diagonal(int idx) const {
+    return small_diagonal<T, N>(idx, kHeld == N ? 0 : row0);
   }
 
   // Every slot is read, whatever its coefficient: loads behind branches
@@ -670,7 +745,7 @@ struct SmallCombo {
     for (int j = 1; j < expm::kMaxSlots; ++j) {
       mac(acc, c[j], v[j]);
     }
-    if (identity && c[0] != 0.0f && idx % (SmallShape<T, N>::kLd + 1) == 0) {
+    if (identity && c[0] != 0.0f && diagonal(idx)) {
       acc += real_to<T>(c[0]);
     }
     return acc;
@@ -682,11 +757,18 @@ struct SmallCombo {
 // elementwise pass: every element of every source is read before that
 // element of any operand is written, so an operand may overwrite a slot read
 // here for the last time. Returns whether it wrote anything (then the block
-// must synchronise before the product). No barrier.
-template <typename T, int N, bool kFrechet>
-__device__ inline bool
-small_form_operands(const SmallPlan& plan, int d, int step, T* buf, T* dbuf) {
-  using S = SmallShape<T, N>;
+// must synchronise before the product). No barrier. The block holds rows
+// row0 .. row0 + kHeld - 1 of each matrix (see SmallCombo).
+template <typename T, int N, bool kFrechet, int kHeld = N>
+__device__ inline bool small_form_operands(
+    const SmallPlan& plan,
+    int d,
+    int step,
+    T* buf,
+    T* dbuf,
+    int row0 = 0) {
+  using Combo = SmallCombo<T, N, kHeld>;
+  constexpr int kThreads = SmallShape<T, N>::kThreads;
   const int count = 2 + step - expm::kFirstStep[d];
   const bool form_l = plan.lone[step][0] < 0;
   const bool form_r =
@@ -694,12 +776,12 @@ small_form_operands(const SmallPlan& plan, int d, int step, T* buf, T* dbuf) {
   if (!form_l && !form_r) {
     return false;
   }
-  const SmallCombo<T, N> cl(plan.step[step][0], count, plan.slot[d]);
-  const SmallCombo<T, N> cr(plan.step[step][1], count, plan.slot[d]);
-  const int ol = plan.operand[step][0] * S::kMat;
-  const int or_ = plan.operand[step][1] * S::kMat;
-#pragma unroll(small_global(N) ? 8 : 2) // global: more loads in flight
-  for (int idx = threadIdx.x; idx < S::kMat; idx += S::kThreads) {
+  const Combo cl(plan.step[step][0], count, plan.slot[d], row0);
+  const Combo cr(plan.step[step][1], count, plan.slot[d], row0);
+  const int ol = plan.operand[step][0] * Combo::kMat;
+  const int or_ = plan.operand[step][1] * Combo::kMat;
+#pragma unroll(N > 64 ? 8 : 2) // the pair kernel: 16 elements a thread
+  for (int idx = threadIdx.x; idx < Combo::kMat; idx += kThreads) {
     // Both operands combine the same slots (their offsets agree).
     T v[expm::kMaxSlots];
     cl.load(buf, idx, v);
@@ -726,6 +808,38 @@ small_form_operands(const SmallPlan& plan, int d, int step, T* buf, T* dbuf) {
   return true;
 }
 
+// The approximant of degree d in place of its last slot, times e^(mu 2^-s)
+// with the shift (the squarings then stay in the range of the result;
+// scaled_mu = mu 2^-s); returns its offset in the buffers. The block holds
+// rows row0 .. row0 + kHeld - 1 (see SmallCombo). No barrier.
+template <typename T, int N, bool kFrechet, int kHeld = N>
+__device__ inline int small_approximant(
+    const SmallPlan& plan,
+    int d,
+    bool shift,
+    T scaled_mu,
+    T* buf,
+    T* dbuf,
+    int row0 = 0) {
+  using Combo = SmallCombo<T, N, kHeld>;
+  const signed char* slot = plan.slot[d];
+  const int count = expm::num_slots(d);
+  const int fin = slot[count - 1] * Combo::kMat;
+  const Factor factor = exp_factor(scaled_mu);
+  const Combo cf(plan.fin[d], count, slot, row0);
+#pragma unroll(N > 64 ? 4 : 1) // the pair kernel: 16 elements a thread
+  for (int idx = threadIdx.x; idx < Combo::kMat;
+       idx += SmallShape<T, N>::kThreads) {
+    T x = cf.at(buf, idx, true);
+    buf[fin + idx] = shift ? apply(factor, x) : x;
+    if constexpr (kFrechet) {
+      T dx = cf.at(dbuf, idx, false);
+      dbuf[fin + idx] = shift ? apply(factor, dx) : dx;
+    }
+  }
+  return fin;
+}
+
 #ifdef MLX_LINALG_EXT_PHASE_CLOCKS
 #define PHASE(label)                                      \
   if (blockIdx.x == 0 && threadIdx.x == 0 && nclk < 48) { \
@@ -745,7 +859,6 @@ __global__ void __launch_bounds__(
         const T* __restrict__ e,
         T* __restrict__ x_out,
         T* __restrict__ l_out,
-        T* __restrict__ work, // the buffers where small_global(N)
         int n,
         const __grid_constant__ SmallPlan plan) {
   using S = SmallShape<T, N>;
@@ -756,11 +869,8 @@ __global__ void __launch_bounds__(
   const int nn = n * n;
   const size_t off = size_t(blockIdx.x) * nn;
   // Buffer b is buf + b kMat (primal) and dbuf + b kMat (dual); A and E
-  // start in buffer 0, the identity is implicit. A block reads back only
-  // what its own threads wrote before a barrier, also in global memory.
-  T* buf = small_global(N)
-      ? work + size_t(blockIdx.x) * (small_bytes<T>(N, kFrechet) / sizeof(T))
-      : reinterpret_cast<T*>(smem_raw);
+  // start in buffer 0, the identity is implicit.
+  T* buf = reinterpret_cast<T*>(smem_raw);
   T* dbuf = buf + kSmallBuffers * kMat;
   Params& shared_params = *reinterpret_cast<Params*>(buf + kMat);
 #ifdef MLX_LINALG_EXT_PHASE_CLOCKS
@@ -771,14 +881,14 @@ __global__ void __launch_bounds__(
   PHASE("start");
 
   // A (and E) into the top-left corner of zero N x N matrices; the loop
-  // unrolls so that every load of a thread is in flight at once.
-  // (At N = 128, 32 loads a thread: 8 at a time keep to the registers.)
+  // unrolls so that a thread's loads are in flight together (8 at a time
+  // where there are more than 16: complex64 at N = 32 and 64).
   constexpr int kPasses = (kMat + kThreads - 1) / kThreads;
 #pragma unroll(kPasses <= 16 ? kPasses : 8)
   for (int pass = 0; pass < kPasses; ++pass) {
     int idx = pass * kThreads + threadIdx.x;
     if (kMat % kThreads == 0 || idx < kMat) {
-      int i = idx / LD, j = idx % LD;
+      int i = idx / LD, j = small_col<T, N>(idx);
       bool in = i < n && j < n;
       buf[idx] = in ? a[off + i * n + j] : real_to<T>(0.0f);
       if constexpr (kFrechet) {
@@ -798,7 +908,7 @@ __global__ void __launch_bounds__(
     T tr = real_to<T>(0.0f);
 #pragma unroll 16
     for (int i = 0; i < N; ++i) {
-      tr += buf[i * LD + i];
+      tr += buf[small_at<T, N>(i, i)];
     }
     const T mu = div_real(tr, float(n));
     double norm = 0.0, shifted = 0.0;
@@ -808,7 +918,7 @@ __global__ void __launch_bounds__(
       double sum = 0.0, sum_shifted = 0.0;
 #pragma unroll 16
       for (int i = 0; i < N; ++i) {
-        T v = j < N ? buf[i * LD + j] : real_to<T>(0.0f);
+        T v = j < N ? buf[small_at<T, N>(i, j)] : real_to<T>(0.0f);
         sum += double(abs_of(v));
         sum_shifted += double(abs_of(i == j ? v - mu : v));
       }
@@ -849,7 +959,7 @@ __global__ void __launch_bounds__(
     // (A - mu I) 2^-s and E 2^-s; the shift only on the n x n diagonal.
     for (int idx = threadIdx.x; idx < kMat; idx += kThreads) {
       T v = buf[idx];
-      if (shift && idx % (LD + 1) == 0 && idx / LD < n) {
+      if (shift && small_diagonal<T, N>(idx) && idx / LD < n) {
         v = v - mu;
       }
       buf[idx] = v * f;
@@ -891,24 +1001,9 @@ __global__ void __launch_bounds__(
     PHASE("product");
   }
 
-  // The approximant, in place of the last slot (times e^(mu 2^-s) with the
-  // shift: the squarings then stay in the range of the result), then s
-  // squarings in place.
-  const int count = expm::num_slots(d);
-  const int fin = slot[count - 1] * kMat;
-  {
-    const Factor factor = exp_factor(mu * f);
-    const SmallCombo<T, N> cf(plan.fin[d], count, slot);
-#pragma unroll(small_global(N) ? 4 : 1)
-    for (int idx = threadIdx.x; idx < kMat; idx += kThreads) {
-      T x = cf.at(buf, idx, true);
-      buf[fin + idx] = shift ? apply(factor, x) : x;
-      if constexpr (kFrechet) {
-        T dx = cf.at(dbuf, idx, false);
-        dbuf[fin + idx] = shift ? apply(factor, dx) : dx;
-      }
-    }
-  }
+  // The approximant, then s squarings in place.
+  const int fin =
+      small_approximant<T, N, kFrechet>(plan, d, shift, mu * f, buf, dbuf);
   __syncthreads();
   PHASE("final");
   T* x = buf + fin;
@@ -930,9 +1025,9 @@ __global__ void __launch_bounds__(
   }
   for (int idx = threadIdx.x; idx < nn; idx += kThreads) {
     int i = idx / n, j = idx - i * n;
-    x_out[off + idx] = x[i * LD + j];
+    x_out[off + idx] = x[small_at<T, N>(i, j)];
     if constexpr (kFrechet) {
-      l_out[off + idx] = dx[i * LD + j];
+      l_out[off + idx] = dx[small_at<T, N>(i, j)];
     }
   }
   PHASE("store");
@@ -951,17 +1046,282 @@ __global__ void __launch_bounds__(
 #endif
 }
 
-// Whether the fused kernel exists for padded size N: up to 64 all but
-// complex64 with the derivative at N = 64 (twice 6 buffers of 64 x 68
-// complex64, 418 KB); at 128 the float forward only: its products are the
-// FP64 tensor-core ones (sm_90 and newer), which complex64 does not have;
-// the derivative, a second set of 64 accumulators a thread, was not tried.
+// ------------------ n = 65..128: a cluster of two blocks --------------------
+//
+// The float forward at padded N = 128 on a cluster of two blocks (two SMs) a
+// matrix: block `rank` holds rows 64 rank .. 64 rank + 63 of each of the 6
+// buffers in its shared memory (192 KiB) and computes those rows of every
+// product on the FP64 tensor cores (SmallMma<128, 64>). The other half of
+// the right operand is copied from the partner's shared memory (distributed
+// shared memory) into a staging buffer first: read inside the product loop,
+// remote loads cost ~5x local ones (an earlier experiment, NOTES.md). The
+// elementwise passes (combinations, approximant, scaling) touch the own rows
+// only; the norms add the two halves' column sums and traces in the same
+// order in both blocks, so both decide the same degree and s.
+//
+// Barriers: a cluster barrier (release/acquire) makes the partner's rows of
+// an operand final before a block copies them; the block then arrives on
+// the next barrier once it has copied them, and waits on it only before it
+// stores a product (which may overwrite what the partner copies), so that
+// wait overlaps the product.
+constexpr int kPairN = 128;
+constexpr int kPairRows = kPairN / 2; // rows a block holds
+constexpr int kPairThreads = SmallShape<float, kPairN>::kThreads;
+constexpr int kPairMat = SmallShape<float, kPairN>::kMat / 2; // a half buffer
+// The buffers and the staging buffer (224 KiB of the 227 KiB a block may
+// have on Hopper).
+constexpr size_t kPairSmem = sizeof(float) * kPairMat * (kSmallBuffers + 1);
+
+__device__ inline void cluster_arrive() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("barrier.cluster.arrive.release.aligned;\n" ::: "memory");
+#endif
+}
+__device__ inline void cluster_wait() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("barrier.cluster.wait.acquire.aligned;\n" ::: "memory");
+#endif
+}
+__device__ inline void cluster_sync() {
+  cluster_arrive();
+  cluster_wait();
+}
+// The address of p (in this block's shared memory) in block `rank` of the
+// cluster.
+template <typename T>
+__device__ inline T* cluster_peer(T* p, int rank) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  T* q;
+  asm volatile("mapa.u64 %0, %1, %2;\n" : "=l"(q) : "l"(p), "r"(rank));
+  return q;
+#else
+  return p;
+#endif
+}
+
+// Copies the partner's rows of the half buffer `src` into `stage`
+// (16-byte vectors, all of a thread's loads in flight). No barrier.
+__device__ inline void pair_stage(float* stage, const float* src) {
+  constexpr int kVecs = kPairMat / 4 / kPairThreads;
+  float4 v[kVecs];
+#pragma unroll
+  for (int i = 0; i < kVecs; ++i) {
+    v[i] = reinterpret_cast<const float4*>(src)[i * kPairThreads + threadIdx.x];
+  }
+#pragma unroll
+  for (int i = 0; i < kVecs; ++i) {
+    reinterpret_cast<float4*>(stage)[i * kPairThreads + threadIdx.x] = v[i];
+  }
+}
+
+// buf rows of the block times all of r (own rows in r, the partner's staged
+// in stage): the block's rows of the product, into registers. Copies, then
+// arrives on the cluster barrier (the block's wait comes before its store).
+template <class Mma>
+__device__ inline void
+pair_product(Mma& p, const float* l, const float* r, float* stage, int rank) {
+  cluster_sync(); // the partner's rows of r are final
+  pair_stage(stage, cluster_peer(r, rank ^ 1));
+  cluster_arrive(); // done with the partner's memory
+  __syncthreads();
+  p.product_halves(l, rank == 0 ? r : stage, rank == 0 ? stage : r);
+}
+
+__global__ void __launch_bounds__(kPairThreads, 1) expm_pair_kernel(
+    const float* __restrict__ a,
+    float* __restrict__ x_out,
+    int n,
+    const __grid_constant__ SmallPlan plan) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  constexpr int LD = kPairN;
+  constexpr int kMat = kPairMat;
+  constexpr int kThreads = kPairThreads;
+  extern __shared__ __align__(16) unsigned char smem_raw[];
+  __shared__ Params shared_params;
+  __shared__ double warp_max[2][kPairN / 32];
+  float* buf = reinterpret_cast<float*>(smem_raw);
+  float* stage = buf + kSmallBuffers * kMat;
+  const int rank = blockIdx.x & 1; // the rank in the cluster (2, 1, 1)
+  const int row0 = rank * kPairRows;
+  const size_t off = size_t(blockIdx.x / 2) * n * n;
+  const int tid = threadIdx.x;
+  using Mma = SmallMma<kPairN, kPairRows>;
+#ifdef MLX_LINALG_EXT_PHASE_CLOCKS
+  long long clk[48];
+  const char* lab[48];
+  int nclk = 0;
+#endif
+  PHASE("start");
+
+  // The block's rows of A into buffer 0 (zeros outside the n x n block).
+#pragma unroll 8
+  for (int idx = tid; idx < kMat; idx += kThreads) {
+    const int i = row0 + idx / LD, j = small_col<float, kPairN>(idx);
+    buf[idx] = i < n && j < n ? a[off + i * n + j] : 0.0f;
+  }
+  __syncthreads();
+  PHASE("load");
+
+  // Norms. Each block sums its rows of each column in double (thread: a
+  // column and 16 rows) and its diagonal in float in order; the halves are
+  // added in the order (rank 0) + (rank 1) in both blocks. The shifted
+  // column sum replaces |a_cc| by |a_cc - mu| (mu = tr(A)/n).
+  double* part = reinterpret_cast<double*>(stage); // [4][N] column sums
+  double* mine = part + 4 * kPairN; // [N] column sums, then the trace
+  {
+    const int c = tid % kPairN, q = tid / kPairN;
+    double sum = 0.0;
+#pragma unroll
+    for (int i = 0; i < kPairRows / 4; ++i) {
+      sum += double(
+          fabsf(buf[small_at<float, kPairN>(q * (kPairRows / 4) + i, c)]));
+    }
+    part[q * kPairN + c] = sum;
+  }
+  __syncthreads();
+  if (tid < kPairN) {
+    mine[tid] = ((part[tid] + part[kPairN + tid]) + part[2 * kPairN + tid]) +
+        part[3 * kPairN + tid];
+  } else if (tid == kPairN) {
+    float tr = 0.0f;
+    for (int i = 0; i < kPairRows; ++i) {
+      tr += buf[small_at<float, kPairN>(i, row0 + i)];
+    }
+    mine[kPairN] = double(tr);
+  }
+  cluster_sync();
+  {
+    const double* theirs = cluster_peer(mine, rank ^ 1);
+    const double* top = rank == 0 ? mine : theirs;
+    const double* bottom = rank == 0 ? theirs : mine;
+    const float mu = (float(top[kPairN]) + float(bottom[kPairN])) / float(n);
+    if (tid < kPairN) {
+      const int c = tid;
+      const float* diag =
+          c / kPairRows == rank ? buf : cluster_peer(buf, rank ^ 1);
+      const float acc = diag[small_at<float, kPairN>(c % kPairRows, c)];
+      const double total = top[c] + bottom[c];
+      const double shifted =
+          total - double(fabsf(acc)) + double(fabsf(acc - mu));
+      double norm = c < n ? total : 0.0, sh = c < n ? shifted : 0.0;
+#pragma unroll
+      for (int m = 16; m > 0; m /= 2) {
+        norm = nan_max(norm, __shfl_xor_sync(0xffffffffu, norm, m));
+        sh = nan_max(sh, __shfl_xor_sync(0xffffffffu, sh, m));
+      }
+      if (tid % 32 == 0) {
+        warp_max[0][tid / 32] = norm;
+        warp_max[1][tid / 32] = sh;
+      }
+    }
+    __syncthreads();
+    if (tid == 0) {
+      double norm = warp_max[0][0], sh = warp_max[1][0];
+      for (int w = 1; w < kPairN / 32; ++w) {
+        norm = nan_max(norm, warp_max[0][w]);
+        sh = nan_max(sh, warp_max[1][w]);
+      }
+      Params p{};
+      put_mu(mu, p.mu_re, p.mu_im);
+      shared_params = decide(norm, sh, p);
+    }
+  }
+  cluster_sync(); // the partner is done with this block's memory
+  PHASE("norms");
+  const Params params = shared_params;
+  const int d = params.degree;
+  const int s = params.squarings;
+  const bool shift = params.shift;
+  const float mu = params.mu_re;
+  if (d < 0) {
+    for (int idx = tid; idx < kMat; idx += kThreads) {
+      const int i = row0 + idx / LD, j = idx % LD;
+      if (i < n && j < n) {
+        x_out[off + i * n + j] = nan_of<float>();
+      }
+    }
+    return;
+  }
+  const float f = float(ldexp(1.0, -s)); // exact power of two
+  if (s > 0 || shift) {
+    // (A - mu I) 2^-s; the shift only on the n x n diagonal.
+    for (int idx = tid; idx < kMat; idx += kThreads) {
+      float v = buf[idx];
+      if (shift && small_diagonal<float, kPairN>(idx, row0) &&
+          row0 + idx / LD < n) {
+        v = v - mu;
+      }
+      buf[idx] = v * f;
+    }
+  }
+  __syncthreads();
+
+  const signed char* slot = plan.slot[d];
+  for (int k = 0; k < expm::kNumProducts[d]; ++k) {
+    const int step = expm::kFirstStep[d] + k;
+    if (small_form_operands<float, kPairN, false, kPairRows>(
+            plan, d, step, buf, nullptr, row0)) {
+      __syncthreads();
+    }
+    PHASE("form");
+    Mma p;
+    pair_product(
+        p,
+        buf + plan.operand[step][0] * kMat,
+        buf + plan.operand[step][1] * kMat,
+        stage,
+        rank);
+    PHASE("product");
+    cluster_wait(); // the partner has copied this block's rows
+    if (plan.overwrites[step]) {
+      __syncthreads();
+    }
+    p.store(buf + slot[2 + k] * kMat);
+    __syncthreads();
+    PHASE("store");
+  }
+
+  // The approximant, then s squarings in place.
+  const int fin = small_approximant<float, kPairN, false, kPairRows>(
+      plan, d, shift, mu * f, buf, nullptr, row0);
+  __syncthreads();
+  PHASE("final");
+  float* x = buf + fin;
+  for (int i = 0; i < s; ++i) {
+    Mma y;
+    pair_product(y, x, x, stage, rank);
+    cluster_wait();
+    __syncthreads();
+    y.store(x);
+    __syncthreads();
+    PHASE("square");
+  }
+  for (int idx = tid; idx < kMat; idx += kThreads) {
+    const int i = row0 + idx / LD, j = small_col<float, kPairN>(idx);
+    if (i < n && j < n) {
+      x_out[off + i * n + j] = x[idx];
+    }
+  }
+  PHASE("out");
+#ifdef MLX_LINALG_EXT_PHASE_CLOCKS
+  if (blockIdx.x == 0 && threadIdx.x == 0) {
+    for (int i = 1; i < nclk; ++i) {
+      printf(
+          "phase pair d=%d s=%d %s %lld\n", d, s, lab[i], clk[i] - clk[i - 1]);
+    }
+  }
+#endif
+#else
+  __trap(); // expm_gpu launches it on sm_90 and newer only
+#endif
+}
+
+// Whether the one-block fused kernel exists for padded size N: up to 64,
+// all but complex64 with the derivative at N = 64 (twice 6 buffers of 64 x
+// 68 complex64, 418 KB). (N = 128: expm_pair_kernel, the float forward.)
 template <typename T, bool kFrechet>
 constexpr bool has_small_kernel(int N) {
-  if (N > 64) {
-    return std::is_same_v<T, float> && !kFrechet;
-  }
-  return N <= 32 || !(std::is_same_v<T, c64> && kFrechet);
+  return N <= 32 || (N == 64 && !(std::is_same_v<T, c64> && kFrechet));
 }
 
 template <typename T, bool kFrechet>
@@ -988,12 +1348,6 @@ void launch_small(
       if constexpr (has_small_kernel<T, kFrechet>(64)) {
         return go(
             expm_small_kernel<T, kFrechet, 64>, SmallShape<T, 64>::kThreads);
-      }
-      break;
-    default:
-      if constexpr (has_small_kernel<T, kFrechet>(128)) {
-        return go(
-            expm_small_kernel<T, kFrechet, 128>, SmallShape<T, 128>::kThreads);
       }
       break;
   }
@@ -1720,27 +2074,14 @@ int env_int(const char* name, int fallback) {
   return s ? std::atoi(s) : fallback;
 }
 
-// Largest n that takes the fused one-block path: 128, the largest padded
-// size compiled (where has_small_kernel and the shared memory allow: else
-// the GEMM path). MLX_LINALG_EXT_CUDA_SMALL_MAX=k (k < 128) lowers it, to
-// test and time the GEMM path on small matrices.
+// Largest n that takes a fused kernel: 128 (n <= 64 one block a matrix
+// where has_small_kernel and the shared memory allow, n = 65..128 the
+// float forward on a cluster of two on Hopper; else the GEMM path).
+// MLX_LINALG_EXT_CUDA_SMALL_MAX=k (k < 128) lowers it, to test and time the
+// GEMM path on small matrices.
 int small_max() {
   static int v = env_int("MLX_LINALG_EXT_CUDA_SMALL_MAX", 128);
   return v;
-}
-
-// Smallest batch for which n = 65..128 takes the fused kernel (small_global):
-// a third of the SMs. There a matrix has one SM; with fewer matrices the
-// GEMM path, which spreads every product over the GPU, can be faster. 128 x
-// 128 float, fused against GEMM path, end to end: H100 (an earlier version
-// of the fused kernel) batch 16 0.171 ms against 0.161, 32 0.189 against
-// 0.174, 48 0.172 against 0.209; H200 (this version) 16 0.178 against
-// 0.178, 32 0.196 against 0.206, 48 0.187 against 0.248, 64 0.184 against
-// 0.222. MLX_LINALG_EXT_CUDA_GLOBAL_MIN_BATCH=k overrides it, to test and
-// time either path.
-int global_min_batch(int sms) {
-  static int v = env_int("MLX_LINALG_EXT_CUDA_GLOBAL_MIN_BATCH", -1);
-  return v >= 0 ? v : (sms + 2) / 3;
 }
 
 // Smallest n whose products run on tensor cores (3xTF32); below it SIMT
@@ -1877,21 +2218,44 @@ void expm_gpu(
 
   const int sms = device_attr(cudaDevAttrMultiProcessorCount);
   const int small_n = small_size(n);
+  // n = 65..128, float forward, Hopper: a cluster of two blocks a matrix
+  // (the GEMM path is slower at every batch size: NOTES.md). Its code must
+  // be sm_90 code (a build for older GPUs alone traps there).
+  if constexpr (std::is_same_v<T, float>) {
+    static const bool pair_code = [] {
+      cudaFuncAttributes attr{};
+      if (cudaFuncGetAttributes(&attr, expm_pair_kernel) != cudaSuccess) {
+        cudaGetLastError(); // not sticky; MLX checks the last error later
+        return false;
+      }
+      return attr.ptxVersion >= 90;
+    }();
+    if (!frechet && small_n == kPairN && n <= small_max() && pair_code &&
+        device_attr(cudaDevAttrComputeCapabilityMajor) >= 9 &&
+        device_attr(cudaDevAttrMaxSharedMemoryPerBlockOptin) >=
+            int(kPairSmem + 1024)) {
+      cu_function(expm_pair_kernel, kPairSmem); // its shared-memory limit
+      add_cluster(
+          reinterpret_cast<const void*>(expm_pair_kernel),
+          dim3(2 * batch),
+          dim3(kPairThreads),
+          dim3(2, 1, 1),
+          uint32_t(kPairSmem),
+          pa,
+          px,
+          n,
+          cuda::small_plan());
+      return;
+    }
+  }
   const size_t smem = small_smem_bytes<T>(n, frechet);
   const int smem_optin = device_attr(cudaDevAttrMaxSharedMemoryPerBlockOptin);
   const bool fused = n <= small_max() && smem <= size_t(smem_optin) &&
       (frechet ? has_small_kernel<T, true>(small_n)
-               : has_small_kernel<T, false>(small_n)) &&
-      (!small_global(small_n) ||
-       (batch >= global_min_batch(sms) &&
-        device_attr(cudaDevAttrComputeCapabilityMajor) >= 9));
+               : has_small_kernel<T, false>(small_n));
   if (fused) {
-    T* work = small_global(small_n)
-        ? reinterpret_cast<T*>(
-              workspace(small_bytes<T>(small_n, frechet) * batch))
-        : nullptr;
     auto add_small = [&](CUfunction f, dim3 grid, dim3 block, uint32_t sm) {
-      add(f, grid, block, sm, pa, pe, px, pl, work, n, cuda::small_plan());
+      add(f, grid, block, sm, pa, pe, px, pl, n, cuda::small_plan());
     };
     if (frechet) {
       launch_small<T, true>(n, batch, smem, add_small);
