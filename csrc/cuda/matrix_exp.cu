@@ -2216,8 +2216,8 @@ void expm_gpu(
     return gpu_ptr<char>(ws);
   };
 
-  const int sms = device_attr(cudaDevAttrMultiProcessorCount);
   const int small_n = small_size(n);
+  const int smem_optin = device_attr(cudaDevAttrMaxSharedMemoryPerBlockOptin);
   // n = 65..128, float forward, Hopper: a cluster of two blocks a matrix
   // (the GEMM path is slower at every batch size: NOTES.md). Its code must
   // be sm_90 code (a build for older GPUs alone traps there).
@@ -2232,8 +2232,7 @@ void expm_gpu(
     }();
     if (!frechet && small_n == kPairN && n <= small_max() && pair_code &&
         device_attr(cudaDevAttrComputeCapabilityMajor) >= 9 &&
-        device_attr(cudaDevAttrMaxSharedMemoryPerBlockOptin) >=
-            int(kPairSmem + 1024)) {
+        size_t(smem_optin) >= kPairSmem + 1024) {
       cu_function(expm_pair_kernel, kPairSmem); // its shared-memory limit
       add_cluster(
           reinterpret_cast<const void*>(expm_pair_kernel),
@@ -2249,7 +2248,6 @@ void expm_gpu(
     }
   }
   const size_t smem = small_smem_bytes<T>(n, frechet);
-  const int smem_optin = device_attr(cudaDevAttrMaxSharedMemoryPerBlockOptin);
   const bool fused = n <= small_max() && smem <= size_t(smem_optin) &&
       (frechet ? has_small_kernel<T, true>(small_n)
                : has_small_kernel<T, false>(small_n));
@@ -2265,6 +2263,7 @@ void expm_gpu(
     return;
   }
 
+  const int sms = device_attr(cudaDevAttrMultiProcessorCount);
   // Workspace: the buffers, then (degree, s) per matrix, the column sums and
   // the barrier.
   size_t buf_bytes = nn * sizeof(T) * kBuffers * (frechet ? 2 : 1) * batch;
