@@ -33,4 +33,9 @@ NB_MODULE(_ext, m) {
       nb::kw_only(),
       "stream"_a = nb::none(),
       "(exp(a), L(a, e)); wrapped and documented by mlx_linalg_ext.");
+
+  m.def(
+      "get_active_memory",
+      &mlx_linalg_ext::gpu_active_memory,
+      "Bytes of GPU memory held by this package's own buffers.");
 }

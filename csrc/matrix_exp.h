@@ -1,6 +1,7 @@
 // The ops of mlx_linalg_ext: the matrix exponential and its Frechet derivative.
 #pragma once
 
+#include <cstddef>
 #include <utility>
 
 #include "mlx/array.h"
@@ -18,5 +19,11 @@ array matrix_exp(const array& a, StreamOrDevice s = {});
 // direction e, L(a, e) = d/dt exp(a + t e) at t = 0.
 std::pair<array, array>
 expm_frechet(const array& a, const array& e, StreamOrDevice s = {});
+
+// Bytes of GPU memory held by this library's own buffers: outputs still
+// referenced, workspaces of running evaluations, and buffers waiting to be
+// freed (at the next GPU evaluation). MLX's memory counters leave them out
+// (csrc/cuda/device_buffers.cu says why). 0 without GPU kernels.
+size_t gpu_active_memory();
 
 } // namespace mlx_linalg_ext

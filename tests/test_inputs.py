@@ -468,9 +468,16 @@ def _rss_bytes():
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
 
+def _active_memory():
+    """MLX's active memory plus the GPU buffers this package holds outside
+    MLX's allocator (results and workspaces on CUDA)."""
+    return mx.get_active_memory() + mle.get_active_memory()
+
+
 def test_repeated_calls_do_not_grow_mlx_memory(device, rng):
-    """After warm-up, MLX's active memory returns to its baseline after every
-    call and the peak of each call stays the same (no growth, no leak)."""
+    """After warm-up, the active memory (MLX's and this package's own GPU
+    buffers) returns to its baseline after every call and the peak of each
+    call stays the same (no growth, no leak)."""
     a = mx.array(rng.standard_normal((8, 48, 48)).astype(np.float32) * 0.2)
     e = mx.array(rng.standard_normal((8, 48, 48)).astype(np.float32))
     mx.eval(a, e)
@@ -488,22 +495,44 @@ def test_repeated_calls_do_not_grow_mlx_memory(device, rng):
             mx.eval(out)
             del out
             mx.synchronize()
-            peaks.append(mx.get_peak_memory())
+            # This package's buffers of the call are still held here: a
+            # dropped result is freed at the next GPU evaluation.
+            peaks.append(mx.get_peak_memory() + mle.get_active_memory())
         return peaks
 
     step()
     gc.collect()
-    base_active = mx.get_active_memory()
+    base_active = _active_memory()
     first = step()
-    # Each call holds at least its input copy and its output while it runs.
+    # Each call holds at least its input copy or its output while it runs.
     assert all(p >= a.nbytes for p in first), first
     for i in range(30):
         peaks = step()
         assert all(p <= q + a.nbytes for p, q in zip(peaks, first)), (i, peaks, first)
     gc.collect()
-    grown = mx.get_active_memory() - base_active
+    grown = _active_memory() - base_active
     # A leak of even one input-sized buffer per call would be 30x this slack.
     assert grown <= a.nbytes, f"active memory grew by {grown} bytes over 30 calls"
+
+
+def test_gpu_buffers_are_freed(device, rng):
+    """The GPU results held outside MLX's allocator are counted while
+    referenced and freed once dropped (at the next GPU evaluation)."""
+    a = mx.array(rng.standard_normal((4, 40, 40)).astype(np.float32) * 0.3)
+    mx.eval(a)
+    # Its dropped result waits to be freed at the next evaluation.
+    mx.eval(mle.matrix_exp(a, stream=device))
+    base = mle.get_active_memory()
+    kept = [mle.matrix_exp(a * (i + 1), stream=device) for i in range(4)]
+    mx.eval(kept)
+    held = mle.get_active_memory() - base
+    on_cuda = device == mx.gpu and mle.has_gpu_kernels and mx.cuda.is_available()
+    # Four results held; the one waiting was freed.
+    assert held == (3 * a.nbytes if on_cuda else 0), held
+    del kept
+    gc.collect()
+    mx.eval(mle.matrix_exp(a, stream=device))
+    assert mle.get_active_memory() == base
 
 
 @pytest.mark.skipif(not os.path.exists("/proc/self/statm"), reason="needs /proc")

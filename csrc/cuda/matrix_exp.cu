@@ -56,6 +56,7 @@
 
 #define EXPM_TABLE static __constant__ const
 #define EXPM_FN __device__ inline
+#include "cuda/device_buffers.h"
 #include "cuda/small_plan.h"
 #include "cuda/tf32_sm90.cuh"
 #include "cuda/tf32x3_tile.cuh"
@@ -2129,8 +2130,17 @@ void expm_gpu(
     throw std::invalid_argument("[matrix_exp] Batch too large for the GPU.");
   }
   const int batch = int(batch_sz);
+  // Device memory, not mx::allocator::malloc's managed memory
+  // (device_buffers.cu says why; MLX_LINALG_EXT_CUDA_MANAGED_BUFFERS=1 takes
+  // the managed memory, to compare).
+  static const bool managed =
+      env_int("MLX_LINALG_EXT_CUDA_MANAGED_BUFFERS", 0) != 0;
+  auto memory = [&](size_t bytes) {
+    return managed ? mx::allocator::malloc(bytes)
+                   : cuda::device_data(bytes, encoder.stream());
+  };
   for (auto& out : outputs) {
-    out.set_data(mx::allocator::malloc(out.nbytes()));
+    out.set_data(memory(out.nbytes()));
   }
   const T* pa = gpu_ptr<T>(a);
   const T* pe = frechet ? gpu_ptr<T>(inputs[1]) : nullptr;
@@ -2207,8 +2217,7 @@ void expm_gpu(
         ? mx::Shape{int(words)}
         : mx::Shape{int((words + (1 << 20) - 1) >> 20), 1 << 20};
     mx::array ws(
-        mx::allocator::malloc(
-            size_t(4) * shape[0] * (shape.size() > 1 ? shape[1] : 1)),
+        memory(size_t(4) * shape[0] * (shape.size() > 1 ? shape[1] : 1)),
         shape,
         mx::float32);
     encoder.add_temporary(ws);

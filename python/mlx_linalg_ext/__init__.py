@@ -10,10 +10,11 @@ synchronisation and works under ``mx.compile``, ``mx.vmap``, ``mx.grad``,
 import mlx.core as mx  # loads libmlx before the extension
 
 from ._ext import expm_frechet as _expm_frechet
+from ._ext import get_active_memory as _get_active_memory
 from ._ext import has_gpu_kernels
 from ._ext import matrix_exp as _matrix_exp
 
-__all__ = ["expm_frechet", "has_gpu_kernels", "matrix_exp"]
+__all__ = ["expm_frechet", "get_active_memory", "has_gpu_kernels", "matrix_exp"]
 __version__ = "0.1.0"
 
 
@@ -66,3 +67,16 @@ def expm_frechet(
         ``(exp(a), L(a, e))``.
     """
     return _expm_frechet(a, e, stream=stream)
+
+
+def get_active_memory() -> int:
+    """Bytes of GPU memory held by this package's own buffers.
+
+    On CUDA the results and workspaces of the ops are device memory taken
+    from the same pool as MLX's, but outside MLX's allocator, so
+    ``mx.get_active_memory()`` and ``mx.get_peak_memory()`` do not count them.
+    This counts them: results still referenced, workspaces of evaluations in
+    flight, and buffers waiting to be freed (at the next GPU evaluation of
+    these ops). 0 for builds without GPU kernels and on the CPU.
+    """
+    return _get_active_memory()
