@@ -454,6 +454,28 @@ def test_stream_forms(rng):
         assert_relerr(to_np(x), ref, tol_for(mx.float32, 8), str(stream))
 
 
+def test_results_across_two_streams(device, rng):
+    """Results made on two streams of one device, some consumed on the other
+    stream, some dropped before use: every value right (on CUDA the results
+    are freed, in order, on the stream that made them)."""
+    a = rng.standard_normal((3, 24, 24)).astype(np.float32) * 0.3
+    s2 = mx.new_stream(device)
+    streams = [mx.default_stream(device), s2]
+    x = mx.array(a)
+    kept = []
+    for i in range(8):
+        y = mle.matrix_exp(x * (1 + 0.1 * i), stream=streams[i % 2])
+        dropped = mle.matrix_exp(x * 2.0, stream=streams[(i + 1) % 2])
+        mx.async_eval(dropped)
+        del dropped
+        # Consumed on the other stream than the one that made it.
+        kept.append((i, mx.multiply(y, 1.0, stream=streams[(i + 1) % 2])))
+    mx.eval([k for _, k in kept])
+    for i, k in kept:
+        ai = a * np.float32(1 + 0.1 * i)
+        assert_relerr(to_np(k), expm_ref(ai), tol_for(mx.float32, onenorm(ai).max()), i)
+
+
 def test_has_gpu_kernels_flag():
     assert isinstance(mle.has_gpu_kernels, bool)
     if mle.has_gpu_kernels:
@@ -515,16 +537,20 @@ def test_repeated_calls_do_not_grow_mlx_memory(device, rng):
     assert grown <= a.nbytes, f"active memory grew by {grown} bytes over 30 calls"
 
 
-def test_gpu_buffers_are_freed(device, rng):
+@pytest.mark.parametrize("n", [40, 200])  # fused kernel; GEMM path (workspace)
+def test_gpu_buffers_are_freed(device, rng, n):
     """The GPU results held outside MLX's allocator are counted while
-    referenced and freed once dropped (at the next GPU evaluation)."""
-    a = mx.array(rng.standard_normal((4, 40, 40)).astype(np.float32) * 0.3)
+    referenced and freed once dropped (at the next GPU evaluation); the
+    workspace of the GEMM path is freed when the evaluation is done."""
+    a = mx.array(rng.standard_normal((4, n, n)).astype(np.float32) * (12 / n))
     mx.eval(a)
     # Its dropped result waits to be freed at the next evaluation.
     mx.eval(mle.matrix_exp(a, stream=device))
+    mx.synchronize()
     base = mle.get_active_memory()
     kept = [mle.matrix_exp(a * (i + 1), stream=device) for i in range(4)]
     mx.eval(kept)
+    mx.synchronize()  # MLX releases an evaluation's temporaries after it
     held = mle.get_active_memory() - base
     on_cuda = device == mx.gpu and mle.has_gpu_kernels and mx.cuda.is_available()
     # Four results held; the one waiting was freed.
@@ -532,6 +558,7 @@ def test_gpu_buffers_are_freed(device, rng):
     del kept
     gc.collect()
     mx.eval(mle.matrix_exp(a, stream=device))
+    mx.synchronize()
     assert mle.get_active_memory() == base
 
 

@@ -1,4 +1,4 @@
-// Device memory for outputs and workspaces, the way MLX's own CUDA ops get
+// Device memory for results and workspaces, the way MLX's own CUDA ops get
 // it, without MLX's unexported allocator entry point.
 //
 // MLX's CUDA ops allocate with cu::malloc_async: device memory from the
@@ -16,18 +16,26 @@
 // record: gpu_ptr reads CudaBuffer::data, and a host read moves the buffer
 // to managed memory exactly as it does MLX's own device buffers.
 //
-// Freeing is deferred. An array's deleter may run on MLX's completion thread
-// or while MLX captures a stream into a graph, so it only queues the buffer;
-// the next allocation frees the queue, each buffer in order on the stream it
-// was made for (after all work already sent to that stream), and then
-// allocates, so the pool can hand the same memory straight back. The costs:
-// MLX's memory counters leave these buffers out, and a following MLX op
-// cannot reuse them in place (MLX donates only memory it owns).
+// When a buffer's array goes, the free must come after the GPU's last use
+// and must not land in a stream that MLX is capturing into a graph (it
+// captures cuBLAS calls on its streams, from the main thread):
+// - A workspace lives in an MLX temporary, which MLX releases on its
+//   completion thread after the GPU ran the work: it is freed at once, on a
+//   stream of ours that nothing captures.
+// - A result may be dropped while its work still runs (after async_eval),
+//   from any thread. It is queued, and the next allocation here frees the
+//   queue, each buffer on the stream it was made for (after all work already
+//   sent there), before allocating, so the pool can hand the same memory
+//   straight back. Until then a dropped result still holds its memory.
+// The costs: MLX's memory counters leave these buffers out (see
+// gpu_active_memory), and a following MLX op cannot reuse them in place
+// (MLX donates only memory it owns).
 
 #include "cuda/device_buffers.h"
 #include "matrix_exp.h"
 
 #include <atomic>
+#include <map>
 #include <mutex>
 #include <stdexcept>
 #include <string>
@@ -42,56 +50,75 @@ namespace mx = mlx::core;
 
 namespace {
 
-struct Released {
-  mx::cu::CudaBuffer* buffer;
-  cudaStream_t stream;
-};
+using mx::cu::CudaBuffer;
 
 // Bytes allocated here and not yet freed (gpu_active_memory).
 std::atomic<size_t> held_bytes{0};
 
-// Never destroyed: MLX may free arrays during interpreter exit.
-struct ReleasedQueue {
-  std::mutex mutex;
-  std::vector<Released> buffers;
+struct Queued {
+  CudaBuffer* buffer;
+  cudaStream_t stream;
 };
-ReleasedQueue& released() {
-  static auto* queue = new ReleasedQueue;
-  return *queue;
+
+// Never destroyed: MLX may free arrays during interpreter exit.
+struct State {
+  std::mutex mutex;
+  std::vector<Queued> queued; // dropped results
+  std::map<int, cudaStream_t> free_streams; // per device, never captured
+};
+State& state() {
+  static auto* s = new State;
+  return *s;
 }
 
-// Frees what the deleters queued. CUDA errors here are dropped (and
-// cleared): a failed free must not fail an unrelated evaluation.
-void free_released() {
-  std::vector<Released> batch;
+// Frees one buffer. CUDA errors here are dropped (and cleared): a failed
+// free must not fail an unrelated evaluation or MLX's completion thread.
+void free_buffer(CudaBuffer* buf, cudaStream_t stream) {
+  if (buf->device >= 0) {
+    cudaFreeAsync(buf->data, stream);
+  } else {
+    // Moved to unified memory by a host read: managed memory, or pinned
+    // host memory where the GPU has no concurrent managed access.
+    cudaPointerAttributes attr{};
+    if (cudaPointerGetAttributes(&attr, buf->data) == cudaSuccess &&
+        attr.type == cudaMemoryTypeHost) {
+      cudaFreeHost(buf->data);
+    } else {
+      cudaFree(buf->data);
+    }
+  }
+  cudaGetLastError();
+  held_bytes -= buf->size;
+  delete buf;
+}
+
+void free_queued() {
+  std::vector<Queued> batch;
   {
-    auto& queue = released();
-    std::lock_guard<std::mutex> lock(queue.mutex);
-    batch.swap(queue.buffers);
+    std::lock_guard<std::mutex> lock(state().mutex);
+    batch.swap(state().queued);
   }
   for (auto& [buf, stream] : batch) {
-    if (buf->device >= 0) {
-      cudaFreeAsync(buf->data, stream);
-    } else {
-      // Moved to unified memory by a host read: managed memory, or pinned
-      // host memory where the GPU has no concurrent managed access.
-      cudaPointerAttributes attr{};
-      if (cudaPointerGetAttributes(&attr, buf->data) == cudaSuccess &&
-          attr.type == cudaMemoryTypeHost) {
-        cudaFreeHost(buf->data);
-      } else {
-        cudaFree(buf->data);
-      }
-    }
-    cudaGetLastError();
-    held_bytes -= buf->size;
-    delete buf;
+    free_buffer(buf, stream);
   }
+}
+
+// Our stream for workspace frees on `device` (the current device).
+cudaStream_t free_stream(int device) {
+  std::lock_guard<std::mutex> lock(state().mutex);
+  auto& stream = state().free_streams[device];
+  if (!stream &&
+      cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking) !=
+          cudaSuccess) {
+    cudaGetLastError();
+    throw std::runtime_error("[matrix_exp] Unable to create a CUDA stream.");
+  }
+  return stream;
 }
 
 } // namespace
 
-mx::allocator::Data device_data(size_t bytes, cudaStream_t stream) {
+mx::allocator::Data device_data(size_t bytes, cudaStream_t stream, Use use) {
   int device = 0;
   int pools = 0;
   if (bytes == 0 || cudaGetDevice(&device) != cudaSuccess ||
@@ -101,7 +128,8 @@ mx::allocator::Data device_data(size_t bytes, cudaStream_t stream) {
     cudaGetLastError();
     return mx::allocator::malloc(bytes);
   }
-  free_released();
+  free_queued();
+  cudaStream_t own = use == Use::kWorkspace ? free_stream(device) : nullptr;
   void* data = nullptr;
   cudaError_t err = cudaMallocAsync(&data, bytes, stream);
   if (err != cudaSuccess) {
@@ -111,13 +139,17 @@ mx::allocator::Data device_data(size_t bytes, cudaStream_t stream) {
         " bytes of GPU memory: " + cudaGetErrorString(err));
   }
   held_bytes += bytes;
-  auto* buf = new mx::cu::CudaBuffer{data, bytes, device};
+  auto* buf = new CudaBuffer{data, bytes, device};
+  if (use == Use::kWorkspace) {
+    return mx::allocator::Data(
+        mx::allocator::Buffer(buf), [own](mx::allocator::Buffer b) {
+          free_buffer(static_cast<CudaBuffer*>(b.ptr()), own);
+        });
+  }
   return mx::allocator::Data(
       mx::allocator::Buffer(buf), [stream](mx::allocator::Buffer b) {
-        auto* cb = static_cast<mx::cu::CudaBuffer*>(b.ptr());
-        auto& queue = released();
-        std::lock_guard<std::mutex> lock(queue.mutex);
-        queue.buffers.push_back({cb, stream});
+        std::lock_guard<std::mutex> lock(state().mutex);
+        state().queued.push_back({static_cast<CudaBuffer*>(b.ptr()), stream});
       });
 }
 

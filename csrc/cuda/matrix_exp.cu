@@ -2135,12 +2135,12 @@ void expm_gpu(
   // the managed memory, to compare).
   static const bool managed =
       env_int("MLX_LINALG_EXT_CUDA_MANAGED_BUFFERS", 0) != 0;
-  auto memory = [&](size_t bytes) {
+  auto memory = [&](size_t bytes, cuda::Use use) {
     return managed ? mx::allocator::malloc(bytes)
-                   : cuda::device_data(bytes, encoder.stream());
+                   : cuda::device_data(bytes, encoder.stream(), use);
   };
   for (auto& out : outputs) {
-    out.set_data(memory(out.nbytes()));
+    out.set_data(memory(out.nbytes(), cuda::Use::kResult));
   }
   const T* pa = gpu_ptr<T>(a);
   const T* pe = frechet ? gpu_ptr<T>(inputs[1]) : nullptr;
@@ -2217,7 +2217,9 @@ void expm_gpu(
         ? mx::Shape{int(words)}
         : mx::Shape{int((words + (1 << 20) - 1) >> 20), 1 << 20};
     mx::array ws(
-        memory(size_t(4) * shape[0] * (shape.size() > 1 ? shape[1] : 1)),
+        memory(
+            size_t(4) * shape[0] * (shape.size() > 1 ? shape[1] : 1),
+            cuda::Use::kWorkspace),
         shape,
         mx::float32);
     encoder.add_temporary(ws);
