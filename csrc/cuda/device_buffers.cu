@@ -43,6 +43,7 @@
 #include <vector>
 
 #include "mlx/backend/cuda/allocator.h"
+#include "mlx/memory.h"
 
 namespace mlx_linalg_ext::cuda {
 
@@ -132,6 +133,13 @@ mx::allocator::Data device_data(size_t bytes, cudaStream_t stream, Use use) {
   cudaStream_t own = use == Use::kWorkspace ? free_stream(device) : nullptr;
   void* data = nullptr;
   cudaError_t err = cudaMallocAsync(&data, bytes, stream);
+  if (err == cudaErrorMemoryAllocation) {
+    // MLX's buffer cache may hold the memory (as its own allocator does
+    // under pressure, give the cache back to the pool and try once more).
+    cudaGetLastError();
+    mx::clear_cache();
+    err = cudaMallocAsync(&data, bytes, stream);
+  }
   if (err != cudaSuccess) {
     cudaGetLastError();
     throw std::runtime_error(

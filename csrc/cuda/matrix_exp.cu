@@ -408,6 +408,51 @@ __device__ inline void store4(c64* p, const c64 (&v)[4]) {
   reinterpret_cast<float4*>(p)[1] = make_float4(v[2].x, v[2].y, v[3].x, v[3].y);
 }
 
+// V consecutive elements at p (V = 1, 2 or 4; p aligned to V elements) in
+// one access of at most 16 bytes.
+template <int V>
+__device__ inline void load_vec(const float* p, float (&v)[V]) {
+  if constexpr (V == 4) {
+    load4(p, v);
+  } else if constexpr (V == 2) {
+    float2 q = *reinterpret_cast<const float2*>(p);
+    v[0] = q.x;
+    v[1] = q.y;
+  } else {
+    v[0] = *p;
+  }
+}
+template <int V>
+__device__ inline void load_vec(const c64* p, c64 (&v)[V]) {
+  if constexpr (V == 2) {
+    float4 q = *reinterpret_cast<const float4*>(p);
+    v[0] = {q.x, q.y};
+    v[1] = {q.z, q.w};
+  } else {
+    static_assert(V == 1);
+    v[0] = *p;
+  }
+}
+template <int V>
+__device__ inline void store_vec(float* p, const float (&v)[V]) {
+  if constexpr (V == 4) {
+    store4(p, v);
+  } else if constexpr (V == 2) {
+    *reinterpret_cast<float2*>(p) = make_float2(v[0], v[1]);
+  } else {
+    *p = v[0];
+  }
+}
+template <int V>
+__device__ inline void store_vec(c64* p, const c64 (&v)[V]) {
+  if constexpr (V == 2) {
+    *reinterpret_cast<float4*>(p) = make_float4(v[0].x, v[0].y, v[1].x, v[1].y);
+  } else {
+    static_assert(V == 1);
+    *p = v[0];
+  }
+}
+
 // This thread's block of an N x N product: rows i + p kRowStep (p < kRows),
 // columns j .. j + 3 (row stride kLd); threads past the items hold none. Per 4
 // steps of k it reads a 16-byte vector of each of its rows of L and of 4
@@ -723,30 +768,41 @@ struct SmallCombo {
     return small_diagonal<T, N>(idx, kHeld == N ? 0 : row0);
   }
 
-  // Every slot is read, whatever its coefficient: loads behind branches
-  // would wait for each other (the passes took most of the kernel's time),
-  // and a zero coefficient adds an exact zero (the slots are finite: a
-  // matrix with a NaN or Inf never gets here).
-  __device__ T at(const T* buf, int idx, bool identity) const {
-    T v[expm::kMaxSlots];
-    load(buf, idx, v);
-    return of(v, idx, identity);
-  }
-  // The slots' elements at idx (v[0] unused), to share between combinations
-  // of the same slots.
-  __device__ void load(const T* buf, int idx, T (&v)[expm::kMaxSlots]) const {
+  // The passes take kVec consecutive elements a thread at a time, in one
+  // access of up to 16 bytes (a buffer holds a multiple of 4 elements, and 4
+  // consecutive ones share a row). One element at a time they were latency
+  // bound: a thread's loads of the next element waited behind its stores of
+  // the last (the compiler cannot tell the slots from the operands), ~1.8K
+  // cycles for one pass at N = 16. Fewer where a block has fewer elements
+  // than 4 a thread (N = 4, 8) and in the pair kernel (no room in its 128
+  // registers); 16 bytes, not 32, for complex64 (conflict-free accesses).
+  static constexpr int kVec = [] {
+    constexpr int per_thread = kMat / SmallShape<T, N>::kThreads;
+    constexpr int widest = N > 64 ? 2 : 16 / int(sizeof(T));
+    return per_thread >= widest ? widest : per_thread >= 2 ? 2 : 1;
+  }();
+  static_assert(kMat % kVec == 0);
+  using Slots = T[expm::kMaxSlots][kVec];
+
+  // The slots' elements idx .. idx + kVec - 1 (v[0] unused), to share
+  // between combinations of the same slots. Every slot is read, whatever its
+  // coefficient: loads behind branches would wait for each other, and a zero
+  // coefficient adds an exact zero (the slots are finite: a matrix with a
+  // NaN or Inf never gets here).
+  __device__ void load(const T* buf, int idx, Slots& v) const {
 #pragma unroll
     for (int j = 1; j < expm::kMaxSlots; ++j) {
-      v[j] = buf[src[j] + idx];
+      load_vec<kVec>(buf + src[j] + idx, v[j]);
     }
   }
-  __device__ T of(const T (&v)[expm::kMaxSlots], int idx, bool identity) const {
+  // The combination at element idx + e of the loaded slots.
+  __device__ T of(const Slots& v, int e, int idx, bool identity) const {
     T acc = real_to<T>(0.0f);
 #pragma unroll
     for (int j = 1; j < expm::kMaxSlots; ++j) {
-      mac(acc, c[j], v[j]);
+      mac(acc, c[j], v[j][e]);
     }
-    if (identity && c[0] != 0.0f && diagonal(idx)) {
+    if (identity && c[0] != 0.0f && diagonal(idx + e)) {
       acc += real_to<T>(c[0]);
     }
     return acc;
@@ -781,28 +837,36 @@ __device__ inline bool small_form_operands(
   const Combo cr(plan.step[step][1], count, plan.slot[d], row0);
   const int ol = plan.operand[step][0] * Combo::kMat;
   const int or_ = plan.operand[step][1] * Combo::kMat;
-#pragma unroll(N > 64 ? 8 : 2) // the pair kernel: 16 elements a thread
-  for (int idx = threadIdx.x; idx < Combo::kMat; idx += kThreads) {
+  constexpr int V = Combo::kVec;
+#pragma unroll(N > 64 ? 2 : 1) // the pair kernel: 8 x 2 elements a thread
+  for (int idx = V * threadIdx.x; idx < Combo::kMat; idx += V * kThreads) {
     // Both operands combine the same slots (their offsets agree).
-    T v[expm::kMaxSlots];
+    typename Combo::Slots v;
     cl.load(buf, idx, v);
-    T l = cl.of(v, idx, true), r = cr.of(v, idx, true);
-    T dl, dr;
+    T l[V], r[V], dl[V], dr[V];
+#pragma unroll
+    for (int e = 0; e < V; ++e) {
+      l[e] = cl.of(v, e, idx, true);
+      r[e] = cr.of(v, e, idx, true);
+    }
     if constexpr (kFrechet) {
       cl.load(dbuf, idx, v);
-      dl = cl.of(v, idx, false);
-      dr = cr.of(v, idx, false);
+#pragma unroll
+      for (int e = 0; e < V; ++e) {
+        dl[e] = cl.of(v, e, idx, false);
+        dr[e] = cr.of(v, e, idx, false);
+      }
     }
     if (form_l) {
-      buf[ol + idx] = l;
+      store_vec<V>(buf + ol + idx, l);
       if constexpr (kFrechet) {
-        dbuf[ol + idx] = dl;
+        store_vec<V>(dbuf + ol + idx, dl);
       }
     }
     if (form_r) {
-      buf[or_ + idx] = r;
+      store_vec<V>(buf + or_ + idx, r);
       if constexpr (kFrechet) {
-        dbuf[or_ + idx] = dr;
+        store_vec<V>(dbuf + or_ + idx, dr);
       }
     }
   }
@@ -828,14 +892,27 @@ __device__ inline int small_approximant(
   const int fin = slot[count - 1] * Combo::kMat;
   const Factor factor = exp_factor(scaled_mu);
   const Combo cf(plan.fin[d], count, slot, row0);
-#pragma unroll(N > 64 ? 4 : 1) // the pair kernel: 16 elements a thread
-  for (int idx = threadIdx.x; idx < Combo::kMat;
-       idx += SmallShape<T, N>::kThreads) {
-    T x = cf.at(buf, idx, true);
-    buf[fin + idx] = shift ? apply(factor, x) : x;
+  constexpr int V = Combo::kVec;
+#pragma unroll(N > 64 ? 2 : 1) // the pair kernel: 8 x 2 elements a thread
+  for (int idx = V * threadIdx.x; idx < Combo::kMat;
+       idx += V * SmallShape<T, N>::kThreads) {
+    typename Combo::Slots v;
+    T x[V];
+    cf.load(buf, idx, v);
+#pragma unroll
+    for (int e = 0; e < V; ++e) {
+      x[e] = cf.of(v, e, idx, true);
+      x[e] = shift ? apply(factor, x[e]) : x[e];
+    }
+    store_vec<V>(buf + fin + idx, x);
     if constexpr (kFrechet) {
-      T dx = cf.at(dbuf, idx, false);
-      dbuf[fin + idx] = shift ? apply(factor, dx) : dx;
+      cf.load(dbuf, idx, v);
+#pragma unroll
+      for (int e = 0; e < V; ++e) {
+        x[e] = cf.of(v, e, idx, false);
+        x[e] = shift ? apply(factor, x[e]) : x[e];
+      }
+      store_vec<V>(dbuf + fin + idx, x);
     }
   }
   return fin;
@@ -917,11 +994,16 @@ __global__ void __launch_bounds__(
     for (int j0 = 0; j0 < N; j0 += 32) {
       const int j = j0 + threadIdx.x;
       double sum = 0.0, sum_shifted = 0.0;
+      // The one element of column j that the shift changes, taken once
+      // (for complex64 abs_of is a hypot).
+      const double diag_shifted =
+          j < N ? double(abs_of(buf[small_at<T, N>(j, j)] - mu)) : 0.0;
 #pragma unroll 16
       for (int i = 0; i < N; ++i) {
         T v = j < N ? buf[small_at<T, N>(i, j)] : real_to<T>(0.0f);
-        sum += double(abs_of(v));
-        sum_shifted += double(abs_of(i == j ? v - mu : v));
+        const double av = double(abs_of(v));
+        sum += av;
+        sum_shifted += i == j ? diag_shifted : av;
       }
       if (j < n) {
         norm = nan_max(norm, sum);
