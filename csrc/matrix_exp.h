@@ -21,9 +21,10 @@ std::pair<array, array>
 expm_frechet(const array& a, const array& e, StreamOrDevice s = {});
 
 // Bytes of GPU memory held by this library's own buffers: outputs still
-// referenced, workspaces of running evaluations, and buffers waiting to be
-// freed (at the next GPU evaluation). MLX's memory counters leave them out
-// (csrc/cuda/device_buffers.cu says why). 0 without GPU kernels.
+// referenced, workspaces of running evaluations, and dropped outputs waiting
+// to be freed (at the next GPU evaluation on their stream). MLX's memory
+// counters leave them out (csrc/cuda/device_buffers.cu says why). 0 without
+// GPU kernels.
 size_t gpu_active_memory();
 
 } // namespace mlx_linalg_ext

@@ -456,12 +456,23 @@ def test_stream_forms(rng):
 
 def test_results_across_two_streams(device, rng):
     """Results made on two streams of one device, some consumed on the other
-    stream, some dropped before use: every value right (on CUDA the results
-    are freed, in order, on the stream that made them)."""
+    stream, some dropped before use: every value right, and (on CUDA, where
+    a dropped result is freed at the next call on the stream that made it)
+    no memory kept once both streams ran again."""
     a = rng.standard_normal((3, 24, 24)).astype(np.float32) * 0.3
     s2 = mx.new_stream(device)
     streams = [mx.default_stream(device), s2]
     x = mx.array(a)
+
+    def one_call_each():
+        # Each frees what waits on its stream; its own result then waits.
+        for s in streams:
+            mx.eval(mle.matrix_exp(x, stream=s))
+        mx.synchronize(s2)
+        mx.synchronize()
+
+    one_call_each()
+    held = mle.get_active_memory()
     kept = []
     for i in range(8):
         y = mle.matrix_exp(x * (1 + 0.1 * i), stream=streams[i % 2])
@@ -474,6 +485,10 @@ def test_results_across_two_streams(device, rng):
     for i, k in kept:
         ai = a * np.float32(1 + 0.1 * i)
         assert_relerr(to_np(k), expm_ref(ai), tol_for(mx.float32, onenorm(ai).max()), i)
+    del kept, y, k
+    gc.collect()
+    one_call_each()
+    assert mle.get_active_memory() == held
 
 
 def test_has_gpu_kernels_flag():

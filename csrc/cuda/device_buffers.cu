@@ -23,10 +23,10 @@
 //   completion thread after the GPU ran the work: it is freed at once, on a
 //   stream of ours that nothing captures.
 // - A result may be dropped while its work still runs (after async_eval),
-//   from any thread. It is queued, and the next allocation here frees the
-//   queue, each buffer on the stream it was made for (after all work already
-//   sent there), before allocating, so the pool can hand the same memory
-//   straight back. Until then a dropped result still holds its memory.
+//   from any thread. It is queued, and the next allocation here for the same
+//   stream frees it on that stream (after all work already sent there)
+//   before allocating, so the pool can hand the same memory straight back.
+//   Until then a dropped result still holds its memory.
 // The costs: MLX's memory counters leave these buffers out (see
 // gpu_active_memory), and a following MLX op cannot reuse them in place
 // (MLX donates only memory it owns).
@@ -34,6 +34,7 @@
 #include "cuda/device_buffers.h"
 #include "matrix_exp.h"
 
+#include <algorithm>
 #include <atomic>
 #include <map>
 #include <mutex>
@@ -93,14 +94,23 @@ void free_buffer(CudaBuffer* buf, cudaStream_t stream) {
   delete buf;
 }
 
-void free_queued() {
+// Frees the queued results made for `stream`, the stream this thread is
+// encoding: no other thread can be capturing it now (MLX uses a stream from
+// one thread at a time), where another stream might be mid-capture.
+void free_queued(cudaStream_t stream) {
   std::vector<Queued> batch;
   {
     std::lock_guard<std::mutex> lock(state().mutex);
-    batch.swap(state().queued);
+    auto& queued = state().queued;
+    auto mine = std::stable_partition(
+        queued.begin(), queued.end(), [&](const Queued& q) {
+          return q.stream != stream;
+        });
+    batch.assign(mine, queued.end());
+    queued.erase(mine, queued.end());
   }
-  for (auto& [buf, stream] : batch) {
-    free_buffer(buf, stream);
+  for (auto& [buf, s] : batch) {
+    free_buffer(buf, s);
   }
 }
 
@@ -129,7 +139,7 @@ mx::allocator::Data device_data(size_t bytes, cudaStream_t stream, Use use) {
     cudaGetLastError();
     return mx::allocator::malloc(bytes);
   }
-  free_queued();
+  free_queued(stream);
   cudaStream_t own = use == Use::kWorkspace ? free_stream(device) : nullptr;
   void* data = nullptr;
   cudaError_t err = cudaMallocAsync(&data, bytes, stream);

@@ -76,7 +76,8 @@ def get_active_memory() -> int:
     from the same pool as MLX's, but outside MLX's allocator, so
     ``mx.get_active_memory()`` and ``mx.get_peak_memory()`` do not count them.
     This counts them: results still referenced, workspaces of evaluations in
-    flight, and buffers waiting to be freed (at the next GPU evaluation of
-    these ops). 0 for builds without GPU kernels and on the CPU.
+    flight, and dropped results waiting to be freed (at the next GPU
+    evaluation of these ops on the same stream). 0 for builds without GPU
+    kernels and on the CPU.
     """
     return _get_active_memory()
