@@ -18,7 +18,7 @@
 //
 // When a buffer's array goes, the free must come after the GPU's last use
 // and must not land in a stream that MLX is capturing into a graph (it
-// captures cuBLAS calls on its streams, from the main thread):
+// captures cuBLAS calls on a stream, from the thread encoding it):
 // - A workspace lives in an MLX temporary, which MLX releases on its
 //   completion thread after the GPU ran the work: it is freed at once, on a
 //   stream of ours that nothing captures.
