@@ -1106,12 +1106,21 @@ __global__ void __launch_bounds__(
     __syncthreads();
     PHASE("square");
   }
-  for (int idx = threadIdx.x; idx < nn; idx += kThreads) {
-    int i = idx / n, j = idx - i * n;
-    x_out[off + idx] = x[small_at<T, N>(i, j)];
-    if constexpr (kFrechet) {
-      l_out[off + idx] = dx[small_at<T, N>(i, j)];
+  // The n x n corner out; with n = N the division by the row length is a
+  // shift (by the runtime n it cost ~20 instructions an element).
+  auto store_out = [&](auto cols) {
+    for (int idx = threadIdx.x; idx < cols * cols; idx += kThreads) {
+      int i = idx / cols, j = idx - i * cols;
+      x_out[off + idx] = x[small_at<T, N>(i, j)];
+      if constexpr (kFrechet) {
+        l_out[off + idx] = dx[small_at<T, N>(i, j)];
+      }
     }
+  };
+  if (n == N) {
+    store_out(std::integral_constant<int, N>{});
+  } else {
+    store_out(n);
   }
   PHASE("store");
 #ifdef MLX_LINALG_EXT_PHASE_CLOCKS
