@@ -838,36 +838,30 @@ __device__ inline bool small_form_operands(
   const int ol = plan.operand[step][0] * Combo::kMat;
   const int or_ = plan.operand[step][1] * Combo::kMat;
   constexpr int V = Combo::kVec;
-#pragma unroll(N > 64 ? 2 : 1) // the pair kernel: 8 x 2 elements a thread
-  for (int idx = V * threadIdx.x; idx < Combo::kMat; idx += V * kThreads) {
+  // The operands of one evaluation (primal: with the identity terms; dual:
+  // without) at elements idx .. idx + V - 1.
+  auto form = [&](T* b, int idx, bool identity) {
     // Both operands combine the same slots (their offsets agree).
     typename Combo::Slots v;
-    cl.load(buf, idx, v);
-    T l[V], r[V], dl[V], dr[V];
+    cl.load(b, idx, v);
+    T l[V], r[V];
 #pragma unroll
     for (int e = 0; e < V; ++e) {
-      l[e] = cl.of(v, e, idx, true);
-      r[e] = cr.of(v, e, idx, true);
-    }
-    if constexpr (kFrechet) {
-      cl.load(dbuf, idx, v);
-#pragma unroll
-      for (int e = 0; e < V; ++e) {
-        dl[e] = cl.of(v, e, idx, false);
-        dr[e] = cr.of(v, e, idx, false);
-      }
+      l[e] = cl.of(v, e, idx, identity);
+      r[e] = cr.of(v, e, idx, identity);
     }
     if (form_l) {
-      store_vec<V>(buf + ol + idx, l);
-      if constexpr (kFrechet) {
-        store_vec<V>(dbuf + ol + idx, dl);
-      }
+      store_vec<V>(b + ol + idx, l);
     }
     if (form_r) {
-      store_vec<V>(buf + or_ + idx, r);
-      if constexpr (kFrechet) {
-        store_vec<V>(dbuf + or_ + idx, dr);
-      }
+      store_vec<V>(b + or_ + idx, r);
+    }
+  };
+#pragma unroll(N > 64 ? 2 : 1) // the pair kernel: 8 x 2 elements a thread
+  for (int idx = V * threadIdx.x; idx < Combo::kMat; idx += V * kThreads) {
+    form(buf, idx, true);
+    if constexpr (kFrechet) {
+      form(dbuf, idx, false);
     }
   }
   return true;
@@ -893,26 +887,25 @@ __device__ inline int small_approximant(
   const Factor factor = exp_factor(scaled_mu);
   const Combo cf(plan.fin[d], count, slot, row0);
   constexpr int V = Combo::kVec;
+  // The approximant of one evaluation (primal: with the identity term;
+  // dual: without) at elements idx .. idx + V - 1.
+  auto combine = [&](T* b, int idx, bool identity) {
+    typename Combo::Slots v;
+    T x[V];
+    cf.load(b, idx, v);
+#pragma unroll
+    for (int e = 0; e < V; ++e) {
+      x[e] = cf.of(v, e, idx, identity);
+      x[e] = shift ? apply(factor, x[e]) : x[e];
+    }
+    store_vec<V>(b + fin + idx, x);
+  };
 #pragma unroll(N > 64 ? 2 : 1) // the pair kernel: 8 x 2 elements a thread
   for (int idx = V * threadIdx.x; idx < Combo::kMat;
        idx += V * SmallShape<T, N>::kThreads) {
-    typename Combo::Slots v;
-    T x[V];
-    cf.load(buf, idx, v);
-#pragma unroll
-    for (int e = 0; e < V; ++e) {
-      x[e] = cf.of(v, e, idx, true);
-      x[e] = shift ? apply(factor, x[e]) : x[e];
-    }
-    store_vec<V>(buf + fin + idx, x);
+    combine(buf, idx, true);
     if constexpr (kFrechet) {
-      cf.load(dbuf, idx, v);
-#pragma unroll
-      for (int e = 0; e < V; ++e) {
-        x[e] = cf.of(v, e, idx, false);
-        x[e] = shift ? apply(factor, x[e]) : x[e];
-      }
-      store_vec<V>(dbuf + fin + idx, x);
+      combine(dbuf, idx, false);
     }
   }
   return fin;
