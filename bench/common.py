@@ -34,22 +34,18 @@ def random_matrices(rng, batch: int, n: int, dtype: str, norm: float) -> np.ndar
     return a.astype(dtype)
 
 
-def products_needed(a: np.ndarray, thetas) -> int:
-    """Matrix products the algorithm spends on the batch a (its largest
-    matrix count): the degree's products (degrees 1, 2, 4, 8, 12, 18 take
-    0..5) plus the squarings, from the 1-norm after the trace shift when that
-    is smaller, with the exact halving of square_steps (expm_numerics.h).
-    `thetas`: the degree thresholds of a's precision."""
+def products_needed(a: np.ndarray) -> int:
+    """Matrix products the package spends on the batch a (its largest
+    matrix count): the degree's products plus the squarings, as the package's
+    own per-matrix decision takes them from the 1-norms of A and A - mu I."""
+    from mlx_linalg_ext._ext import decide
+
     n = a.shape[-1]
     w = wide(a).reshape(-1, n, n)
     mu = np.trace(w, axis1=-2, axis2=-1) / n
     shifted = one_norm(w - mu[:, None, None] * np.eye(n))
-    most = 0
-    for v in np.minimum(one_norm(w), shifted):
-        d = next((i for i, t in enumerate(thetas) if v <= t), len(thetas) - 1)
-        s = 0
-        while v > thetas[-1]:
-            v *= 0.5
-            s += 1
-        most = max(most, d + s)
-    return most
+    double = np.asarray(a).dtype == np.float64
+    return max(
+        (decide(float(v), float(vs), double)[3] for v, vs in zip(one_norm(w), shifted)),
+        default=0,
+    )

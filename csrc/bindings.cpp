@@ -1,8 +1,10 @@
 // Python bindings (nanobind, in MLX's domain so that mx.array passes through).
 #include <nanobind/nanobind.h>
 #include <nanobind/stl/pair.h>
+#include <nanobind/stl/tuple.h>
 #include <nanobind/stl/variant.h>
 
+#include "expm_numerics.h"
 #include "matrix_exp.h"
 
 namespace nb = nanobind;
@@ -33,6 +35,26 @@ NB_MODULE(_ext, m) {
       nb::kw_only(),
       "stream"_a = nb::none(),
       "(exp(a), L(a, e)); wrapped and documented by mlx_linalg_ext.");
+
+  // The per-matrix decision of every backend, for the benchmarks' product
+  // counts (the tests keep their own references).
+  m.def(
+      "decide",
+      [](double norm, double shifted_norm, bool double_precision) {
+        auto d = expm::decide(
+            norm,
+            shifted_norm,
+            double_precision ? expm::kDouble : expm::kSingle);
+        int products = d.degree == expm::kNoAnswer
+            ? 0
+            : expm::kNumProducts[d.degree] + d.squarings;
+        return std::make_tuple(d.shift, d.degree, d.squarings, products);
+      },
+      "norm"_a,
+      "shifted_norm"_a,
+      "double_precision"_a,
+      "(shift, degree index or -1 for no answer, squarings, products) of one "
+      "matrix from the 1-norms of A and A - tr(A)/n I.");
 
   m.def(
       "get_active_memory",

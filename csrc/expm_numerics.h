@@ -47,12 +47,11 @@ enum : int {
 // Precision row of kTheta: single (float32, complex64) or double.
 enum Precision : int { kSingle = 0, kDouble = 1 };
 
-// Bound on the number of squarings: 2^s * theta_18 then covers the largest
-// finite value of the precision (float32 about 2^128, double about 2^1024).
-// Past it (only +Inf can get there) the result is meaningless anyway.
-enum : int { kMaxSquaringsSingle = 128, kMaxSquaringsDouble = 1024 };
+// Most squarings decide() can ask for: it answers norms up to 1 / u only, and
+// ceil(log2(2^24 / theta_18)) = 23 (single), ceil(log2(2^53 / theta_18)) = 53
+// (double). Predicated GPU paths enqueue this many squaring steps at most.
+enum : int { kMaxSquaringsSingle = 23, kMaxSquaringsDouble = 53 };
 
-EXPM_TABLE int kDegree[kNumDegrees] = {1, 2, 4, 8, 12, 18};
 EXPM_TABLE int kNumProducts[kNumDegrees] = {0, 1, 2, 3, 4, 5};
 // Index of the first step of each degree in kStepLeft / kStepRight.
 EXPM_TABLE int kFirstStep[kNumDegrees] = {0, 0, 1, 3, 6, 10};
@@ -263,18 +262,14 @@ EXPM_FN int lone_slot(Coefficients c, int count, bool identity) {
   return lone;
 }
 
-// Trace shift (Higham, "Functions of Matrices", 2008, Sec. 10.7.3):
-// exp(A) = e^mu exp(A - mu I) and L(A, E) = e^mu L(A - mu I, E) for any
-// scalar mu; mu = tr(A) / n. A backend shifts when that lowers the 1-norm:
-// fewer products and squarings, and no cancellation where A is close to a
-// multiple of I (exp(-10 I) in float32 loses 4 digits without it).
-template <typename Real>
-EXPM_FN bool use_trace_shift(Real norm, Real shifted_norm) {
-  return shifted_norm < norm;
-}
+// Unit roundoff of each precision (float32 and complex64: 2^-24; double:
+// 2^-53).
+EXPM_TABLE EXPM_REAL kUnitRoundoff[2] = {
+    5.9604644775390625e-08,
+    1.1102230246251565e-16};
 
 // The cheapest degree whose threshold bounds the 1-norm; the last degree for
-// larger norms (and for NaN, which compares false everywhere).
+// larger norms.
 template <typename Real>
 EXPM_FN int choose_degree(Real norm, int precision) {
   for (int d = 0; d < kLastDegree; ++d) {
@@ -287,17 +282,60 @@ EXPM_FN int choose_degree(Real norm, int precision) {
 
 // s = max(0, ceil(log2(norm / theta_18))): the number of squarings that brings
 // the norm under the degree-18 threshold. Halving is exact, so no log2
-// rounding can pick a wrong s. NaN gives 0; +Inf stops at the bound.
+// rounding can pick a wrong s. decide() never asks past the bound.
 template <typename Real>
 EXPM_FN int square_steps(Real norm, int precision) {
   Real theta = Real(kTheta[precision][kLastDegree]);
-  int s = 0;
   int bound = precision == kSingle ? kMaxSquaringsSingle : kMaxSquaringsDouble;
+  int s = 0;
   while (norm > theta && s < bound) {
     norm *= Real(0.5);
     ++s;
   }
   return s;
+}
+
+// What one matrix of a batch gets: the degree index (kNoAnswer: the result is
+// all NaN), the number of squarings, and whether the trace shift is used.
+enum : int { kNoAnswer = -1 };
+struct Decision {
+  int degree;
+  int squarings;
+  bool shift;
+};
+
+// The decision every backend takes per matrix, on the device that evaluates
+// it, from the 1-norms of A and of A - mu I with mu = tr(A) / n (both
+// accumulated in double where the device has it; NaN must win the column
+// maximum).
+//
+// - Trace shift (Higham, "Functions of Matrices", 2008, Sec. 10.7.3):
+//   exp(A) = e^mu exp(A - mu I) and L(A, E) = e^mu L(A - mu I, E). Used when
+//   it lowers the 1-norm: fewer products and squarings, and no cancellation
+//   where A is close to a multiple of I (exp(-10 I) in float32 loses four
+//   digits without it). Backends multiply the scaled approximant by
+//   e^(mu 2^-s), so the squarings never leave the range of the result.
+// - NaN or Inf in A: no answer (the matrix's result is all NaN, the rest of
+//   the batch is unaffected).
+// - A norm past 1 / u of the precision: no answer either. The relative
+//   condition number of exp at A is at least ||A|| (Van Loan 1977), so the
+//   rounding of A alone moves exp(A) by O(1) or more, and the 2^s >= 1 / u
+//   squarings would amplify the rounding errors as much: any finite value
+//   would be noise (all zeros, or entries far beyond the true ones).
+template <typename Real>
+EXPM_FN Decision decide(Real norm, Real shifted_norm, int precision) {
+  Decision d = {kNoAnswer, 0, shifted_norm < norm};
+  if (d.shift) {
+    norm = shifted_norm;
+  }
+  // Also false for NaN and +Inf.
+  if (!(norm * Real(kUnitRoundoff[precision]) <= Real(1))) {
+    d.shift = false;
+    return d;
+  }
+  d.degree = choose_degree(norm, precision);
+  d.squarings = d.degree == kLastDegree ? square_steps(norm, precision) : 0;
+  return d;
 }
 
 } // namespace expm

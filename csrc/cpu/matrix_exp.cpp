@@ -121,23 +121,21 @@ class Evaluator {
   void run(const T* a, const T* e, T* out_x, T* out_l) {
     T mu = mean_diagonal(a, n_);
     auto [norm, shifted_norm] = one_norms(a, n_, mu, col_, col_shifted_);
-    if (!std::isfinite(norm)) {
-      // NaN/Inf stay in their own matrix.
+    constexpr int precision = precision_of<T>();
+    expm::Decision plan = expm::decide(norm, shifted_norm, precision);
+    if (plan.degree == expm::kNoAnswer) {
       std::fill(out_x, out_x + nn_, nan());
       if (out_l) {
         std::fill(out_l, out_l + nn_, nan());
       }
       return;
     }
-    bool shift = expm::use_trace_shift(norm, shifted_norm);
-    if (shift) {
-      norm = shifted_norm;
-    } else {
+    bool shift = plan.shift;
+    if (!shift) {
       mu = T(0);
     }
-    constexpr int precision = precision_of<T>();
-    int d = expm::choose_degree(norm, precision);
-    int s = d == expm::kLastDegree ? expm::square_steps(norm, precision) : 0;
+    int d = plan.degree;
+    int s = plan.squarings;
 
     T* free = scratch_;
     auto take = [&]() {
