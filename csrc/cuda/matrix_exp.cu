@@ -22,8 +22,7 @@
 //   persistent kernel that loops on the device up to the largest s of the
 //   batch with a grid-wide barrier between squarings (its grid never exceeds
 //   what is co-resident on the GPU). So the launch count does not depend on
-//   s, whose bound is expm::kMaxSquaringsSingle = 128 (only +Inf gets there,
-//   and it is caught as non-finite first).
+//   s, whose bound is expm::kMaxSquaringsSingle.
 // Products keep FP32 accuracy, never plain TF32: in the fused kernel float
 // from n = 9 on FP64 tensor cores (sm_90: float operands, double
 // accumulation, SmallMma), else FP32 FMA (SIMT); on the GEMM path FP32 FMA
@@ -192,19 +191,16 @@ struct Params {
 };
 
 __device__ inline Params decide(double norm, double shifted_norm, Params p) {
-  if (!isfinite(norm)) {
+  expm::Decision d = expm::decide(norm, shifted_norm, expm::kSingle);
+  if (d.degree == expm::kNoAnswer) {
     return {-1, 0, 0, 0, 0.0f, 0.0f};
   }
-  p.shift = expm::use_trace_shift(norm, shifted_norm);
-  if (p.shift) {
-    norm = shifted_norm;
-  } else {
+  p.shift = d.shift;
+  if (!p.shift) {
     p.mu_re = p.mu_im = 0.0f;
   }
-  p.degree = expm::choose_degree(norm, expm::kSingle);
-  p.squarings = p.degree == expm::kLastDegree
-      ? expm::square_steps(norm, expm::kSingle)
-      : 0;
+  p.degree = d.degree;
+  p.squarings = d.squarings;
   return p;
 }
 
