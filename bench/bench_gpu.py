@@ -104,8 +104,7 @@ def mlx_eval_floor(reps=200):
 
 def on_gpu(a):
     """An MLX array made by a GPU op, like torch's .cuda() tensors (an array
-    made from numpy starts in host memory; on an H100 that made no measurable
-    difference to these timings, scripts/profile_gpu.py)."""
+    made from numpy starts in host memory)."""
     x = mx.multiply(mx.array(a), 1, stream=mx.gpu)
     mx.eval(x)
     return x

@@ -117,8 +117,7 @@ mx::array adjoint(const mx::array& a, mx::Stream s) {
 
 // x as the primitives take it: row-contiguous. An evaluated array that
 // already is goes in as it is: a Contiguous node costs a graph node even
-// when it copies nothing (on the CUDA backend about 24 us per call, measured
-// on an H100 with scripts/profile_gpu.py).
+// when it copies nothing.
 mx::array row_contiguous(const mx::array& x, mx::Stream s) {
   if (x.is_available() && x.flags().row_contiguous) {
     return x;

@@ -1,5 +1,5 @@
 """Accuracy of matrix_exp on the GPU against float64 SciPy as the 1-norm
-grows (more squarings amplify every product's rounding), for the current
+grows (more squarings amplify every product's rounding), for the build's
 product kernels (run once with MLX_LINALG_EXT_CUDA_TC_MIN=1000000 for FP32
 SIMT products instead of 3xTF32) and for PyTorch (TF32 off).
 

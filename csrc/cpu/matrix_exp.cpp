@@ -257,8 +257,8 @@ class Evaluator {
   }
 
   // One pass over memory: each slot is read once and dst written once, chunk
-  // by chunk, the chunk staying in L1 (at n = 1024 the combinations are
-  // memory-bound and a pass per slot cost ~15% of the whole exponential).
+  // by chunk, the chunk staying in L1 (at large n the combinations are
+  // memory-bound).
   void combine_into(
       const EXPM_REAL* c,
       int count,
@@ -349,8 +349,8 @@ void expm_batch(
   T* px = reinterpret_cast<T*>(x.data<void>());
   T* pl = l ? reinterpret_cast<T*>(l->data<void>()) : nullptr;
   // Products from BLAS run on this thread only: OpenBLAS threads a product
-  // itself, and concurrent callers contend for its workers (measured: 100x
-  // slower at n = 128). The tiny direct-loop sizes spread over the batch.
+  // itself, and concurrent callers contend for its workers (NOTES.md, CPU).
+  // The tiny direct-loop sizes spread over the batch.
   bool blas = n >= cpu::kBlasMinSize;
   double flops = blas ? 0.0 : 2.0 * 8 * double(nn) * n * (e ? 3 : 1) + 1e3;
   parallel_for(batch, flops, [&](int64_t begin, int64_t end) {

@@ -37,8 +37,10 @@ def matrix_exp(
         ValueError: if ``a`` has fewer than 2 dimensions or non-square trailing
             dimensions, or is float64 on a GPU stream.
 
-    A matrix containing NaN or Inf gives NaN in its own result only. The
-    derivatives are exact: ``jvp`` is the Frechet derivative L(a, t) and
+    A matrix containing NaN or Inf gives NaN in its own result only; so does
+    a matrix whose 1-norm (after the trace shift) exceeds 1/u of the
+    precision (float32 and complex64: 2**24; float64: 2**53), where the
+    precision cannot carry an answer. The derivatives are exact: ``jvp`` is the Frechet derivative L(a, t) and
     ``vjp`` is L(a^H, g), both computed by differentiating the same Taylor
     evaluation and squarings.
 
