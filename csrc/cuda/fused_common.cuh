@@ -81,9 +81,7 @@ struct SmallShape {
   static constexpr int kThreads = N > 64 ? 512 : kItems < 32 ? 32 : kItems;
 };
 
-// Blocks per SM that the shared memory allows on Hopper (228 KiB per SM,
-// 1 KiB reserved per block), capped by threads and blocks per SM: the
-
+// 4 consecutive elements from 16-byte aligned shared memory.
 __device__ inline void load4(const float* p, float (&v)[4]) {
   float4 q = *reinterpret_cast<const float4*>(p);
   v[0] = q.x;

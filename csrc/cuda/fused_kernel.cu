@@ -13,6 +13,9 @@ namespace mlx_linalg_ext::cuda {
 
 namespace {
 
+// Blocks per SM that the shared memory allows on Hopper (228 KiB per SM,
+// 1 KiB reserved per block), capped by threads and blocks per SM: the
+// register budget __launch_bounds__ asks the compiler to keep to.
 template <typename T, bool kFrechet, int N>
 constexpr int small_min_blocks() {
   constexpr int by_smem = 233472 / int(small_bytes<T>(N, kFrechet) + 1024);
@@ -187,7 +190,7 @@ __global__ void __launch_bounds__(
     __syncthreads();
   }
   // The n x n corner out; with n = N the division by the row length is a
-  // shift (by the runtime n it cost ~20 instructions an element).
+  // shift, not an integer division by a runtime value.
   auto store_out = [&](auto cols) {
     for (int idx = threadIdx.x; idx < cols * cols; idx += kThreads) {
       int i = idx / cols, j = idx - i * cols;

@@ -30,12 +30,15 @@ namespace {
 // stores a product (which may overwrite what the partner copies), so that
 // wait overlaps the product.
 constexpr int kPairN = kPairMaxN;
-constexpr int kPairRows = kPairN / 2; // rows a block holds
 constexpr int kPairThreads = SmallShape<float, kPairN>::kThreads;
 constexpr int kPairMat = SmallShape<float, kPairN>::kMat / 2; // a half buffer
 // The buffers and the staging buffer (224 KiB of the 227 KiB a block may
 // have on Hopper).
 constexpr size_t kPairSmem = sizeof(float) * kPairMat * (kSmallBuffers + 1);
+
+// The device code exists for sm_90 and newer only (clusters, FP64 MMA).
+#if !defined(__CUDA_ARCH__) || __CUDA_ARCH__ >= 900
+constexpr int kPairRows = kPairN / 2; // rows a block holds
 
 __device__ inline void cluster_arrive() {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
@@ -91,6 +94,7 @@ pair_product(Mma& p, const float* l, const float* r, float* stage, int rank) {
   __syncthreads();
   p.product_halves(l, rank == 0 ? r : stage, rank == 0 ? stage : r);
 }
+#endif
 
 __global__ void __launch_bounds__(kPairThreads, 1) expm_pair_kernel(
     const float* __restrict__ a,
