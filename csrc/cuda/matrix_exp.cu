@@ -16,6 +16,7 @@
 // test_hooks.h forces a path for the tests.
 #include "cuda/kernel_utils.cuh"
 
+#include <algorithm>
 #include <type_traits>
 
 #include "cuda/fused_kernel.h"
@@ -83,6 +84,7 @@ void expm_gpu(
   T* pl = frechet ? gpu_ptr<T>(outputs[1]) : nullptr;
   const TestHooks hooks = test_hooks();
 
+  // Small matrices: one fused kernel for the batch.
   if constexpr (std::is_same_v<T, float>) {
     if (!frechet && n >= kPairMinN &&
         n <= std::min(hooks.small_max, kPairMaxN) && pair_kernel_runs_here()) {
@@ -97,6 +99,8 @@ void expm_gpu(
     return;
   }
 
+  // Larger ones: the GEMM path, whose products and first squarings the
+  // wgmma GEMMs take for a single large matrix on Hopper.
   constexpr int c = std::is_same_v<T, c64> ? 2 : 1;
   const bool on_sm90 = sm90_path_applies(n * c, batch, hooks.sm90_min);
   const GemmRun run = gemm_begin<T>(
