@@ -8,10 +8,6 @@
 
 namespace mlx_linalg_ext::cuda {
 
-static_assert(int(kPlanSteps) == int(expm::kNumSteps));
-static_assert(int(kPlanDegrees) == int(expm::kNumDegrees));
-static_assert(int(kPlanSlots) == int(expm::kMaxSlots));
-
 namespace {
 
 // Whether step `step` (or the final combination, step = -1) of degree `d`
@@ -30,7 +26,7 @@ void allocate(int d, SmallPlan& plan) {
   const int slots = expm::num_slots(d);
   // last[j]: the last step (0 .. products - 1, or `products` for the final
   // combination) that reads slot j.
-  int last[kPlanSlots] = {};
+  int last[expm::kMaxSlots] = {};
   for (int j = 1; j < slots; ++j) {
     last[j] = reads(d, -1, j) ? products : -1;
     for (int k = products - 1; last[j] < 0 && k >= 0; --k) {
@@ -65,7 +61,7 @@ void allocate(int d, SmallPlan& plan) {
     const int lone_l = plan.lone[step][0];
     const int lone_r = plan.lone[step][1];
     bool same = lone_l < 0 && lone_r < 0;
-    for (int j = 0; j < kPlanSlots; ++j) {
+    for (int j = 0; j < expm::kMaxSlots; ++j) {
       same = same && left[j] == right[j];
     }
     // Lone operands stay where their slot is; a formed one must not

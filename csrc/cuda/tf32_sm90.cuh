@@ -1,6 +1,6 @@
 // Hopper (sm_90a) TF32 GEMM on warpgroup MMA: D = A B^T with A (M x K) and
 // B (N x K) row-major, i.e. both operands K-contiguous, as TF32 wgmma needs.
-// matrix_exp.cu feeds it operands that it has split into TF32 parts
+// sm90_path.cu feeds it operands that it has split into TF32 parts
 // ("3xTF32" by concatenation along K: a b ~ small(a) big(b) + big(a) small(b)
 // + big(a) big(b), every part exact in TF32, accumulated in FP32), so the
 // product keeps FP32 accuracy while running at the TF32 tensor-core rate of
@@ -8,7 +8,7 @@
 //
 // The kernel is CUTLASS's TMA warp-specialized cooperative GEMM (collective
 // builders, headers from the mlx-cuda wheel) with the FP8 mainloop's
-// accumulator promotion. matrix_exp.cu calls its operator() from its own
+// accumulator promotion. sm90_path.cu calls its operator() from its own
 // kernel, which first exits on the device when the matrix does not need
 // that product or squaring.
 #pragma once
@@ -26,9 +26,8 @@ using LayoutB = cutlass::layout::ColumnMajor; // K x N with K contiguous
 using LayoutD = cutlass::layout::RowMajor;
 constexpr int kAlign = 4; // 16-byte TMA rows: K and N multiples of 4
 
-// MMAs (k-steps of 8) between promotions of the wgmma accumulator (below).
-// Every 4 (one k-tile): relative error 4.7e-7 / 5.2e-7 of exp(A) at n = 1024
-// / 2048 (1-norm 4) on an H100; every 8: 6.5e-7 / 6.4e-7, at the same speed.
+// MMAs (k-steps of 8) between promotions of the wgmma accumulator (below):
+// every k-tile, the most accurate at no cost in speed (NOTES.md).
 constexpr int kPromotion = 4;
 
 template <
@@ -74,9 +73,8 @@ struct Gemm {
   // The builder's mainloop, but with the accumulator promotion of CUTLASS's
   // FP8 mainloop: wgmma accumulates into a temporary that is added to the
   // FP32 accumulator (an ordinary, round-to-nearest FADD) every kPromotion
-  // MMAs. Accumulating a whole K = 3n in wgmma lost accuracy linearly in n:
-  // relative error of exp(A) 8e-6 / 1.6e-5 at n = 1024 / 2048 on an H200,
-  // against 7e-7 with mma.sync 3xTF32 (with promotion: see kPromotion).
+  // MMAs. Accumulating a whole K = 3n in wgmma loses accuracy linearly in n
+  // (its accumulator does not round to nearest).
   using Mainloop = cutlass::gemm::collective::CollectiveMma<
       cutlass::gemm::MainloopSm90TmaGmmaWarpSpecializedFP8<
           BuiltMainloop::DispatchPolicy::Stages,
@@ -148,12 +146,10 @@ struct Gemm {
   }
 };
 
-// The GEMM of matrix_exp.cu: 128 x 128 output tiles with k-steps of 32
+// The GEMM of sm90_path.cu: 128 x 128 output tiles with k-steps of 32
 // floats (128-byte TMA rows), both consumer warpgroups on one tile,
-// persistent CTAs in clusters of 2 along M (TMA multicast of B), 6 stages.
-// Measured on an H100 (matrix_exp end to end, n = 2048 / 4096): 1.67 / 5.40
-// ms, against 1.82 / 6.37 ms without clusters and 2.45 / 10.98 ms with
-// ping-pong 64 x 128 tiles.
+// persistent CTAs in clusters of 2 along M (TMA multicast of B), 6 stages:
+// the fastest of the shapes compared in NOTES.md.
 using Tf32Gemm = Gemm<
     cutlass::gemm::KernelTmaWarpSpecializedCooperative,
     cutlass::epilogue::TmaWarpSpecializedCooperative,

@@ -8,7 +8,7 @@
 // (threadblock::DefaultMma with arch::OpMultiplyAddFastF32 /
 // OpMultiplyAddComplexFastF32, mma.sync, cp.async); only the tile-to-block
 // mapping is ours, so that the predicated product launches and the
-// persistent squaring kernel of matrix_exp.cu choose the matrix and the tile
+// persistent squaring kernel of gemm_path.cu choose the matrix and the tile
 // on the device. The headers ship in the mlx-cuda wheel (mlx/include).
 #pragma once
 
@@ -30,10 +30,9 @@ struct Config {
   static constexpr int stages = kStages;
 };
 // 128 x 64 block tiles, 2 x 2 warps of 64 x 32, k-steps of 16, 3 stages
-// (36 KiB of shared memory, 128 threads): on an H200 at n = 1024 / 2048 /
-// 4096 within 5% of or faster than 128 x 64 with 4 stages, 64 x 128 (warps
-// 32 x 64), 128 x 128 (8 warps), 256 x 64, 64 x 64 and k-steps of 32; warp
-// tiles of 64 x 64 spill registers (3xTF32 holds big and small fragments).
+// (36 KiB of shared memory, 128 threads): as fast as the other shapes
+// compared in NOTES.md or faster; warp tiles of 64 x 64 spill registers
+// (3xTF32 holds big and small fragments).
 using Config128x64 = Config<128, 64, 16, 64, 32, 3>;
 
 // float. kAlign = 4 (16-byte cp.async) when n % 4 == 0 and every pointer is
@@ -101,7 +100,7 @@ struct ComplexGemm {
       false>::GemmKernel;
 };
 
-// The tile policy matrix_exp.cu's product and squaring kernels take.
+// The tile policy gemm_path.cu's product and squaring kernels take.
 template <typename Gemm>
 struct Tile {
   using Kernel = typename Gemm::Kernel;

@@ -1,0 +1,81 @@
+// Host side and workspace of gemm_path.cu: matrices past the fused kernels.
+#pragma once
+
+#include <cstddef>
+
+#include "cuda/kernel_utils.cuh"
+
+namespace mlx_linalg_ext::cuda {
+
+// Workspace per matrix (n x n buffers): 0 = scaled A (slot 1), 1..5 = P2..P6
+// (slots 2..6), 6 = L, 7 = R; with the derivative 8..15 the same for dA.
+// The approximant and the squarings reuse L / R (dL / dR).
+constexpr int kBuffers = 8;
+
+struct Work {
+  void* buf; // batch x (8 or 16) x n x n elements
+  Params* params; // batch
+  unsigned int* barrier; // [count, generation]
+  int n;
+  int batch;
+  int frechet;
+};
+
+template <typename T>
+__device__ inline T* wbuf(const Work& w, int b, int i) {
+  size_t nn = size_t(w.n) * w.n;
+  size_t per = nn * kBuffers * (w.frechet ? 2 : 1);
+  return static_cast<T*>(w.buf) + per * b + nn * i;
+}
+
+// The GEMM path of one evaluation: its workspace and launch shape.
+struct GemmRun {
+  Work work;
+  char* base; // the workspace (the buffers first)
+  char* extra; // the extra_bytes asked of gemm_begin
+  int ew_blocks; // blocks per matrix of the elementwise launches
+  int sms; // multiprocessors of the device
+};
+
+// Tiles of the product and squaring kernels: FP32 (complex64) FMAs in 64 x
+// 64 tiles, float FMAs in 128 x 128 tiles, or 3xTF32 tensor-core tiles
+// (float: kTf32x3 needs n % 4 == 0 and 16-byte aligned matrices).
+enum class GemmTiles { kSimt, kSimtBig, kTf32x3, kTf32x3Unaligned };
+
+// Allocates the workspace (with extra_bytes more, 256-byte aligned, for the
+// caller) and launches the norms, expm::decide and the scaling per matrix.
+template <typename T>
+GemmRun gemm_begin(
+    Launcher& launcher,
+    const T* a,
+    const T* e,
+    int n,
+    int batch,
+    bool frechet,
+    size_t extra_bytes);
+
+// The products of the program, each predicated on the matrix's degree.
+template <typename T>
+void launch_products(
+    Launcher& launcher,
+    const GemmRun& run,
+    GemmTiles tiles,
+    T* x,
+    T* l);
+
+// The approximant (into x / l for matrices without squarings).
+template <typename T>
+void launch_approximant(Launcher& launcher, const GemmRun& run, T* x, T* l);
+
+// Squarings first, first + 1, ... of every matrix in one persistent kernel;
+// the last squaring of a matrix writes x / l.
+template <typename T>
+void launch_squarings(
+    Launcher& launcher,
+    const GemmRun& run,
+    GemmTiles tiles,
+    int first,
+    T* x,
+    T* l);
+
+} // namespace mlx_linalg_ext::cuda
