@@ -8,7 +8,7 @@
 // holds a device buffer of about the requested size (any MLX GPU op leaves
 // those behind) it hands that one over after moving it to managed memory:
 // cudaMallocManaged plus a synchronous copy (move_to_unified_memory), on the
-// critical path of every such call (csrc/cuda/NOTES.md).
+// critical path of every such call (NOTES.md).
 //
 // So the buffers here come from the same pool as MLX's (its out-of-memory
 // guard watches that pool's reserved memory), wrapped in MLX's CudaBuffer

@@ -236,9 +236,8 @@ constexpr bool kSmallFp64Mma = true;
 // gives the 4 R rows 4t + .. of one half-warp's 8-byte loads 4 different
 // 8-float groups (see SmallMma). It keeps 4-float vectors whole. N >= 64
 // only: at N = 32 the address arithmetic costs more than the conflicts
-// (csrc/cuda/NOTES.md). Elementwise
-// passes are unaffected (every buffer has the same layout); what needs
-// (i, j) maps through small_at / small_col.
+// (NOTES.md). Elementwise passes are unaffected (every buffer has the same
+// layout); what needs (i, j) maps through small_at / small_col.
 template <typename T, int N>
 constexpr bool small_swizzled() {
   return std::is_same_v<T, float> && N >= 64 && kSmallFp64Mma;
