@@ -159,7 +159,8 @@ inline int available_cores() {
 // OpenBLAS thread: real n < 794, complex n < 500. OpenBLAS's workers wait for
 // each other, so when other processes keep the cores busy a threaded product
 // waits a scheduler time slice for a descheduled worker; below this size that
-// costs far more than a second thread saves on idle cores (NOTES.md).
+// costs far more than a second thread saves on idle cores
+// (bench/results/cpu-blas-threads-20261201.txt).
 constexpr double kThreadedMinFlops = 1e9;
 
 // OpenBLAS threads for one n x n product: OPENBLAS_NUM_THREADS when the user
