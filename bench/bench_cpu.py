@@ -764,6 +764,151 @@ def plot(path: Path, rows: list[dict], libs, info: dict) -> None:
     plt.close(fig)
 
 
+# ---------------------------------------------------------------------- contention
+# --contended K: the same case timed alone and with K processes that spin on
+# the CPU, for each OpenBLAS thread setting. The thread count is
+# read once per process, so each setting runs in a child process.
+
+CONTENDED_CASE = Case(1, 256, "float32")
+TINY_CONTENDED_CASE = Case(1, 32, "float32")
+
+
+def contended_settings(cores: int) -> list[tuple[str, dict, list[str]]]:
+    """(label, environment changes, libs) of each child process."""
+    return [
+        ("threads chosen by size (default)", {}, ["ours", "scipy", "torch"]),
+        (
+            f"OPENBLAS_NUM_THREADS={cores}: every core for every product",
+            {"OPENBLAS_NUM_THREADS": str(cores)},
+            ["ours"],
+        ),
+        ("OPENBLAS_NUM_THREADS=1", {"OPENBLAS_NUM_THREADS": "1"}, ["ours"]),
+    ]
+
+
+def contended_child(case_name: str, libs: list[str], seconds: float) -> int:
+    """Runs in the child: median ms of each lib on the case, as JSON on stdout.
+    No waiting for a quiet machine: the point is the busy one."""
+    case = next(c for c in (*FULL_CASES, *TINY_CASES) if c.name == case_name)
+    a = make_input(case, seed=0)
+    out = {}
+    for lib in libs:
+        if lib == "torch" and torch is None:
+            continue
+        fn = SETUP[lib](a)
+        fn()
+        fn()
+        times = []
+        t_end = time.perf_counter() + seconds
+        while len(times) < 5 or (time.perf_counter() < t_end and len(times) < 200):
+            t0 = time.perf_counter()
+            fn()
+            times.append(time.perf_counter() - t0)
+        out[lib] = {
+            "median_ms": 1e3 * statistics.median(times),
+            "min_ms": 1e3 * min(times),
+            "calls": len(times),
+        }
+    print(json.dumps(out))
+    return 0
+
+
+def run_contended(busy: int, case: Case, seconds: float) -> list[dict]:
+    import subprocess
+
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 1
+    rows = []
+    for label, env_changes, libs in contended_settings(cores):
+        env = {**os.environ, **env_changes}
+        if not env_changes:
+            env.pop("OPENBLAS_NUM_THREADS", None)
+        row = {"setting": label, "env": env_changes}
+        for load in (0, busy):
+            spinners = [
+                subprocess.Popen([sys.executable, "-c", "while True: pass"])
+                for _ in range(load)
+            ]
+            try:
+                time.sleep(0.5 if load else 0.0)
+                log(f"{label}: {load} busy processes")
+                child = subprocess.run(
+                    [
+                        sys.executable,
+                        __file__,
+                        "--contended-child",
+                        case.name,
+                        "--libs",
+                        ",".join(libs),
+                        "--budget",
+                        str(seconds),
+                    ],
+                    env=env,
+                    capture_output=True,
+                    text=True,
+                    check=True,
+                )
+            finally:
+                for proc in spinners:
+                    proc.kill()
+                    proc.wait()
+            row["alone" if load == 0 else "busy"] = json.loads(
+                child.stdout.strip().splitlines()[-1]
+            )
+        rows.append(row)
+    return rows
+
+
+def print_contended(rows: list[dict], busy: int, case: Case, cores: int) -> None:
+    print(
+        f"\n{case.name} under contention: median ms alone and with {busy} more "
+        f"processes spinning on the {cores} cores this process may use"
+    )
+    table = []
+    for row in rows:
+        for lib in row["alone"]:
+            idle = row["alone"][lib]["median_ms"]
+            loaded = row["busy"].get(lib, {}).get("median_ms")
+            table.append(
+                [
+                    row["setting"],
+                    lib,
+                    f"{idle:.3g}",
+                    "-" if loaded is None else f"{loaded:.3g}",
+                    "-" if loaded is None else f"{loaded / idle:.1f}x",
+                ]
+            )
+    print_table(["setting", "lib", "alone", f"+{busy} busy", "ratio"], table)
+
+
+def main_contended(args) -> int:
+    case = TINY_CONTENDED_CASE if args.tiny else CONTENDED_CASE
+    if args.cases:
+        case = select((*FULL_CASES, *TINY_CASES), args.cases)[0]
+    seconds = 0.3 if args.tiny else (args.budget or 3.0)
+    info = machine_info()
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 1
+    rows = run_contended(args.contended, case, seconds)
+    print_contended(rows, args.contended, case, cores)
+    date = datetime.datetime.now(datetime.timezone.utc)
+    json_path = args.out_dir / f"cpu-contended-{info['hostname']}-{date:%Y%m%d}.json"
+    write_json(
+        json_path,
+        {
+            "date_utc": date.isoformat(timespec="seconds"),
+            "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),
+            "tiny": args.tiny,
+            "machine": info,
+            "available_cores": cores,
+            "case": case.name,
+            "busy_processes": args.contended,
+            "seconds_per_lib": seconds,
+            "rows": rows,
+        },
+    )
+    print(f"wrote {json_path}")
+    return 0
+
+
 # --------------------------------------------------------------------------- main
 
 
@@ -825,11 +970,25 @@ def parse_args(argv=None) -> argparse.Namespace:
     )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--list", action="store_true", help="list the cases and exit")
+    p.add_argument(
+        "--contended",
+        type=int,
+        metavar="K",
+        help="instead: time 1x256-f32 (or the first --cases match) idle and with K "
+        "processes spinning on the CPU, per OpenBLAS thread setting",
+    )
+    p.add_argument("--contended-child", metavar="CASE", help=argparse.SUPPRESS)
     return p.parse_args(argv)
 
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    if args.contended_child:
+        return contended_child(
+            args.contended_child, args.libs.split(","), args.budget or 1.0
+        )
+    if args.contended is not None:
+        return main_contended(args)
     cases = select(TINY_CASES if args.tiny else FULL_CASES, args.cases)
     grad_cases = (
         []

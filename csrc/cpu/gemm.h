@@ -4,8 +4,16 @@
 // macOS, OpenBLAS from the scipy-openblas32 wheel elsewhere.
 #pragma once
 
+#include <algorithm>
+#include <atomic>
 #include <complex>
 #include <cstddef>
+#include <cstdlib>
+#include <thread>
+
+#ifdef __linux__
+#include <sched.h>
+#endif
 
 #ifdef __APPLE__
 #ifndef ACCELERATE_NEW_LAPACK
@@ -130,6 +138,59 @@ inline void blas_gemm(
    ptr(&beta),
    reinterpret_cast<blas_complex*>(c),
    n);
+}
+
+// CPU cores this process may run on (its affinity mask, e.g. under taskset or
+// a container's cpuset), not the machine's.
+inline int available_cores() {
+  static const int cores = [] {
+#ifdef __linux__
+    cpu_set_t set;
+    if (sched_getaffinity(0, sizeof(set), &set) == 0) {
+      return std::max(1, CPU_COUNT(&set));
+    }
+#endif
+    return std::max(1, int(std::thread::hardware_concurrency()));
+  }();
+  return cores;
+}
+
+// Products below this many real flops (2 n^3, 8 n^3 for complex) run on one
+// OpenBLAS thread: real n < 794, complex n < 500. OpenBLAS's workers wait for
+// each other, so when other processes keep the cores busy a threaded product
+// waits a scheduler time slice for a descheduled worker; below this size that
+// costs far more than a second thread saves on idle cores
+// (bench/results/cpu-blas-threads-20261201.txt).
+constexpr double kThreadedMinFlops = 1e9;
+
+// OpenBLAS threads for one n x n product: OPENBLAS_NUM_THREADS when the user
+// set it, else one below kThreadedMinFlops and every available core above;
+// never more than the available cores.
+inline int blas_threads_for(int n, bool complex) {
+  static const int user = [] {
+    const char* env = std::getenv("OPENBLAS_NUM_THREADS");
+    return env ? std::max(0, std::atoi(env)) : 0;
+  }();
+  if (user > 0) {
+    return std::min(user, available_cores());
+  }
+  double flops = 2.0 * n * double(n) * n * (complex ? 4 : 1);
+  return flops < kThreadedMinFlops ? 1 : available_cores();
+}
+
+// Sets the OpenBLAS thread count (process-wide) when it differs from the
+// last one set here. Accelerate schedules its own threads.
+inline void use_blas_threads(int n, bool complex) {
+#ifndef __APPLE__
+  static std::atomic<int> current{0};
+  int threads = blas_threads_for(n, complex);
+  if (current.exchange(threads) != threads) {
+    scipy_openblas_set_num_threads(threads);
+  }
+#else
+  (void)n;
+  (void)complex;
+#endif
 }
 
 template <typename T>

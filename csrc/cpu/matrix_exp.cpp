@@ -6,6 +6,7 @@
 #include <limits>
 #include <memory>
 #include <thread>
+#include <type_traits>
 #include <vector>
 
 #include "mlx/allocator.h"
@@ -310,12 +311,12 @@ class Evaluator {
   std::vector<double> col_, col_shifted_; // column sums of the 1-norms
 };
 
-// Runs body(begin, end) over [0, count) on up to hardware_concurrency
-// threads when the work is large enough to pay for starting them.
+// Runs body(begin, end) over [0, count) on up to the available cores when
+// the work is large enough to pay for starting threads.
 template <typename Body>
 void parallel_for(int64_t count, double flops_per_item, Body body) {
   constexpr double kFlopsPerThread = 2e6; // ~0.2 ms of work
-  int64_t hw = std::max(1u, std::thread::hardware_concurrency());
+  int64_t hw = cpu::available_cores();
   int64_t by_work = int64_t(count * flops_per_item / kFlopsPerThread);
   int64_t workers = std::clamp<int64_t>(std::min(hw, by_work), 1, count);
   if (workers <= 1) {
@@ -352,6 +353,9 @@ void expm_batch(
   // itself, and concurrent callers contend for its workers (NOTES.md, CPU).
   // The tiny direct-loop sizes spread over the batch.
   bool blas = n >= cpu::kBlasMinSize;
+  if (blas) {
+    cpu::use_blas_threads(n, std::is_same_v<T, complex64>);
+  }
   double flops = blas ? 0.0 : 2.0 * 8 * double(nn) * n * (e ? 3 : 1) + 1e3;
   parallel_for(batch, flops, [&](int64_t begin, int64_t end) {
     Evaluator<T> ev(n, e != nullptr);
