@@ -245,11 +245,13 @@ def test_huge_skew_symmetric_is_finite_and_orthogonal(device, rng, dtype, scale)
 
 
 def test_huge_i_hermitian_is_unitary(device, rng):
-    """i H with entries ~1e6 (1-norm below 1/u): unitary within the bound of
-    the skew-symmetric case, 2^s 2 n^1.5 u."""
+    """i H of 1-norm 4e6 (a quarter of 1/u, where the error is still far
+    below 1): unitary within the bound of the skew-symmetric case,
+    2^s 2 n^1.5 u (largest ratio over 300 seeds: 5.3)."""
     n = 5
     h = rng.standard_normal((3, n, n)) + 1j * rng.standard_normal((3, n, n))
-    a = rounded(1j * (h + np.conj(np.swapaxes(h, -1, -2))) * 1e6, mx.complex64)
+    a = 1j * (h + np.conj(np.swapaxes(h, -1, -2)))
+    a = rounded(a * (4e6 / onenorm(a))[:, None, None], mx.complex64)
     v = to_np(mle.matrix_exp(to_mx(a, mx.complex64), stream=device))
     assert np.all(np.isfinite(v))
     err = np.abs(np.conj(np.swapaxes(v, -1, -2)) @ v - np.eye(n)).max(axis=(-2, -1))
