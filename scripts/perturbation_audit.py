@@ -81,10 +81,16 @@ def _record(band):
         return
 
 
-def _audited(a):
-    """Whether the op computes a's result in float32 or complex64."""
+def _audited(a, forward):
+    """Whether the mode perturbs the op's result for input a: float32 or
+    complex64 results (float32 only for amplify), in the forward modes for
+    the primal call, in the derivatives mode for the vjp and jvp."""
     import mlx.core as mx
 
+    if forward != (_State.mode != "derivatives"):
+        return False
+    if _State.mode == "amplify" and a.dtype == mx.complex64:
+        return False
     return a.dtype not in (mx.float64, mx.float16, mx.bfloat16)
 
 
@@ -140,11 +146,15 @@ def _wrap(mle):
         @f.vjp
         def f_vjp(x, cotangent, output):
             (g,) = mx.vjp(plain, [x], [cotangent])[1]
+            if _audited(x, False):
+                _record(_bands(x))
             return g if fwd else _perturb(g, _bands(x), eps)
 
         @f.jvp
         def f_jvp(x, t):
             (d,) = mx.jvp(plain, [x], [t])[1]
+            if _audited(x, False):
+                _record(_bands(x))
             return d if fwd else _perturb(d, _bands(x), eps)
 
         @f.vmap
@@ -154,7 +164,7 @@ def _wrap(mle):
         ok = isinstance(a, mx.array) and a.ndim >= 2 and a.size > 0
         if not (ok and a.shape[-1] == a.shape[-2]):
             return plain(a)
-        if _audited(a):
+        if _audited(a, True):
             _record(_bands(a))
         return f(a)
 
@@ -182,6 +192,8 @@ def _wrap(mle):
         @f.vjp
         def f_vjp(primals, cotangents, outputs):
             grads = mx.vjp(plain, list(primals), list(cotangents))[1]
+            if _audited(primals[0], False):
+                _record(_bands(primals[0]))
             if fwd:
                 return tuple(grads)
             band = band_of(*primals)
@@ -199,6 +211,8 @@ def _wrap(mle):
         @f.jvp
         def f_jvp(primals, tangents):
             outs = mx.jvp(plain, list(primals), list(tangents))[1]
+            if _audited(primals[0], False):
+                _record(_bands(primals[0]))
             if fwd:
                 return tuple(outs)
             band = band_of(*primals)
@@ -226,7 +240,7 @@ def _wrap(mle):
             ok = False
         if not ok:  # the op's own errors and empty results
             return plain(a, e)
-        if _audited(a):
+        if _audited(a, True):
             _record(_bands(a))
         return f(a, e)
 
