@@ -210,7 +210,11 @@ def _wrap(mle):
 
         @f.jvp
         def f_jvp(primals, tangents):
-            outs = mx.jvp(plain, list(primals), list(tangents))[1]
+            # A primal not differentiated has the tangent None.
+            tangents = [
+                mx.zeros_like(p) if t is None else t for p, t in zip(primals, tangents)
+            ]
+            outs = mx.jvp(plain, list(primals), tangents)[1]
             if _audited(primals[0], False):
                 _record(_bands(primals[0]))
             if fwd:
