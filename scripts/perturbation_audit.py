@@ -341,7 +341,8 @@ def _report(mode, results):
             if band in touched:
                 touched[band] += 1
                 failed[band] += what == "fails"
-    print(f"\n{mode} (x{1 + MODES[mode]:g} unless amplify): tests failing per band")
+    what = "error x10" if mode == "amplify" else f"x(1 + {MODES[mode]:g})"
+    print(f"\n{mode} ({what}): tests failing per band")
     print(f"  {'band':6s} {'touched':>8s} {'failing':>8s}")
     for b in BANDS:
         print(f"  {b:6s} {touched[b]:8d} {failed[b]:8d}")

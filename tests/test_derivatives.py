@@ -14,6 +14,8 @@ import pytest
 import scipy.linalg as sla
 from expm_testutils import (
     C_DERIV,
+    U32,
+    U64,
     assert_relerr,
     expm_ref,
     frechet_ref,
@@ -527,3 +529,37 @@ def test_vmap_of_jvp(device, rng):
 
     got = mx.vmap(tangent, in_axes=(0, 0))(mx.array(a), mx.array(e))
     assert_relerr(to_np(got), frechet_ref(a, e)[1], 4e-6, "vmap(jvp)")
+
+
+# --- squarings without rounding ------------------------------------------------
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("beta", [50.0, 1e3, 1e5, 1e7])
+def test_nilpotent_any_norm(device, rng, dtype, beta):
+    """N = beta e_12 (and -beta e_21): N^2 = 0, so exp(N) = I + N and
+    L(N, E) = E + (N E + E N) / 2 + N E N / 6 exactly. N / 2^s, its
+    approximant and the squarings (5 to 22 of them here) are exact, so exp is
+    within 4 u and the derivatives within 8 u (measured: 1.0 u and 3.2 u) at
+    any norm: a wrong squaring step cannot hide behind the rounding, as it can
+    for matrices whose error grows like 2^s u."""
+    u = U64 if dtype == mx.float64 else U32
+    b = beta * (np.exp(0.7j) if dtype == mx.complex64 else 1.0)
+    a = np.zeros((2, 2, 2), dtype=complex if dtype == mx.complex64 else float)
+    a[0, 0, 1], a[1, 1, 0] = b, -b
+    a = rounded(a, dtype)
+    e = _dir(rng, a.shape, dtype)
+
+    def frechet(m, d):
+        return d + (m @ d + d @ m) / 2 + m @ d @ m / 6
+
+    eye = np.broadcast_to(np.eye(2), a.shape)
+    am, em = to_mx(a, dtype), to_mx(e, dtype)
+    assert_relerr(to_np(mle.matrix_exp(am, stream=device)), eye + a, 4 * u, "exp")
+    x, lx = mle.expm_frechet(am, em, stream=device)
+    assert_relerr(to_np(x), eye + a, 4 * u, "expm_frechet X")
+    assert_relerr(to_np(lx), frechet(a, e), 8 * u, "expm_frechet L")
+    (tan,) = mx.jvp(_expm(device), [am], [em])[1]
+    assert_relerr(to_np(tan), frechet(a, e), 8 * u, "jvp")
+    (cot,) = mx.vjp(_expm(device), [am], [em])[1]
+    assert_relerr(to_np(cot), frechet(_adj(a), e), 8 * u, "vjp")
