@@ -56,13 +56,10 @@ def test_float32_no_worse_than_torch(device, n, norm, kind):
         ("ward1", [[4.0, 2.0, 0.0], [1.0, 4.0, 1.0], [1.0, 1.0, 4.0]]),
         ("ward3", [[-131.0, 19.0, 18.0], [-390.0, 56.0, 54.0], [-387.0, 57.0, 52.0]]),
         ("laub", [[0.0, 1.0], [-39.0, -40.0]]),
-        # Moler's badly scaled example (2012): both lose all accuracy in
-        # float32 without balancing; ours must not be worse.
-        (
-            "moler_badly_scaled",
-            [[0.0, -2e10 - 2e8 / 3, 200 / 3], [1e-8, -3.0, 0.0], [0.0, 2e10, -200 / 3]],
-        ),
     ],
 )
 def test_classic_matrices_no_worse_than_torch(device, name, a):
+    """(Moler's badly scaled example is not here: its 1-norm, 4e10, is past
+    1/u in float32, where the answer is NaN by design; test_forward checks it
+    in float64.)"""
     _compare(device, np.array(a)[None])
