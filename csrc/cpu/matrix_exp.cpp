@@ -69,13 +69,17 @@ std::pair<double, double> one_norms(
   return {largest(col), largest(col_shifted)};
 }
 
+// tr(A)/n, summed in double: a float32 trace of huge diagonal entries would
+// overflow and lose the shift.
 template <typename T>
 T mean_diagonal(const T* a, int n) {
-  T sum(0);
+  using Wide = std::
+      conditional_t<std::is_same_v<T, complex64>, std::complex<double>, double>;
+  Wide sum(0);
   for (int i = 0; i < n; ++i) {
-    sum += a[size_t(i) * n + i];
+    sum += Wide(a[size_t(i) * n + i]);
   }
-  return sum / typename RealOf<T>::type(n);
+  return T(sum / double(n));
 }
 
 // e^mu in double precision.

@@ -66,18 +66,18 @@ __global__ void __launch_bounds__(
   }
   __syncthreads();
   // The 1-norms of A and A - mu I over the n x n block in warp 0: mu =
-  // tr(A)/n summed in T in order (every lane forms it), lane j
+  // tr(A)/n summed in double in order (every lane forms it), lane j
   // sums columns j, j + 32, ... in double in row order, shuffles take the
   // maxima (NaN kept), lane 0 decides. The loops run over the padded N x N
   // matrix without branches (so that the loads overlap): the padding adds
   // exact zeros.
   if (threadIdx.x < 32) {
-    T tr = real_to<T>(0.0f);
+    double2 tr = make_double2(0.0, 0.0);
 #pragma unroll 16
     for (int i = 0; i < N; ++i) {
-      tr += buf[small_at<T, N>(i, i)];
+      tr = add2(tr, widen(buf[small_at<T, N>(i, i)]));
     }
-    const T mu = div_real(tr, float(n));
+    const T mu = narrow<T>(make_double2(tr.x / n, tr.y / n));
     double norm = 0.0, shifted = 0.0;
 #pragma unroll
     for (int j0 = 0; j0 < N; j0 += 32) {

@@ -23,26 +23,6 @@ namespace {
 // mu = tr(A)/n by a fixed-order reduction over 256 threads in double, so
 // that every block that forms it gets the same float (any mu is exact for
 // exp(A) = e^mu exp(A - mu I)).
-__device__ inline double2 add2(double2 a, double2 b) {
-  return make_double2(a.x + b.x, a.y + b.y);
-}
-__device__ inline double2 widen(float v) {
-  return make_double2(v, 0.0);
-}
-__device__ inline double2 widen(c64 v) {
-  return make_double2(v.x, v.y);
-}
-template <typename T>
-__device__ inline T narrow(double2 v);
-template <>
-__device__ inline float narrow<float>(double2 v) {
-  return float(v.x);
-}
-template <>
-__device__ inline c64 narrow<c64>(double2 v) {
-  return {float(v.x), float(v.y)};
-}
-
 template <typename T>
 __device__ T block_mean_diagonal(const T* m, int n, int tid, double2* red) {
   double2 sum = make_double2(0.0, 0.0);

@@ -89,11 +89,26 @@ __device__ inline T nan_of() {
   return real_to<T>(__int_as_float(0x7fc00000));
 }
 
-__device__ inline float div_real(float v, float d) {
-  return v / d;
+// An element in double (complex: both parts), for sums that must not
+// overflow the element type (the trace of huge diagonals), and back.
+__device__ inline double2 add2(double2 a, double2 b) {
+  return make_double2(a.x + b.x, a.y + b.y);
 }
-__device__ inline c64 div_real(c64 v, float d) {
-  return {v.x / d, v.y / d}; // as std::complex<float> / float
+__device__ inline double2 widen(float v) {
+  return make_double2(v, 0.0);
+}
+__device__ inline double2 widen(c64 v) {
+  return make_double2(v.x, v.y);
+}
+template <typename T>
+__device__ inline T narrow(double2 v);
+template <>
+__device__ inline float narrow<float>(double2 v) {
+  return float(v.x);
+}
+template <>
+__device__ inline c64 narrow<c64>(double2 v) {
+  return {float(v.x), float(v.y)};
 }
 
 // The trace shift mu of a matrix, kept as two floats in Params.

@@ -145,18 +145,18 @@ __global__ void __launch_bounds__(kPairThreads, 1) expm_pair_kernel(
     mine[tid] = ((part[tid] + part[kPairN + tid]) + part[2 * kPairN + tid]) +
         part[3 * kPairN + tid];
   } else if (tid == kPairN) {
-    float tr = 0.0f;
+    double tr = 0.0;
     for (int i = 0; i < kPairRows; ++i) {
-      tr += buf[small_at<float, kPairN>(i, row0 + i)];
+      tr += double(buf[small_at<float, kPairN>(i, row0 + i)]);
     }
-    mine[kPairN] = double(tr);
+    mine[kPairN] = tr;
   }
   cluster_sync();
   {
     const double* theirs = cluster_peer(mine, rank ^ 1);
     const double* top = rank == 0 ? mine : theirs;
     const double* bottom = rank == 0 ? theirs : mine;
-    const float mu = (float(top[kPairN]) + float(bottom[kPairN])) / float(n);
+    const float mu = float((top[kPairN] + bottom[kPairN]) / n);
     if (tid < kPairN) {
       const int c = tid;
       const float* diag =
