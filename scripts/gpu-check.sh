@@ -43,8 +43,12 @@ build_env() {
   fi
   # The extension must use the libstdc++ that Python and libmlx load: a g++
   # with another libstdc++ links its own statically, and its streams crash.
-  # Unless CXX is set, build with the system compiler.
-  if [ -z "${CXX:-}" ] && [ -x /usr/bin/g++ ]; then
+  # Build with the system compiler even where the environment sets CXX
+  # (images often point CXX at a newer g++ with its own libstdc++);
+  # GPU_CHECK_CXX names another compiler on purpose.
+  if [ -n "${GPU_CHECK_CXX:-}" ]; then
+    export CXX="$GPU_CHECK_CXX" CUDAHOSTCXX="$GPU_CHECK_CXX"
+  elif [ -x /usr/bin/g++ ]; then
     export CC=/usr/bin/gcc CXX=/usr/bin/g++ CUDAHOSTCXX=/usr/bin/g++
   fi
 }

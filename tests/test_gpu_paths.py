@@ -35,6 +35,31 @@ SIZES = [1, 2, 3, 5, 8, 16, 17, 31, 32, 33, 48, 64, 65, 100, 128, 129, 200, 300]
 DTYPES = [mx.float32, mx.complex64]
 
 
+# Two targets force products outside their design range, so their bounds
+# carry a factor. gpu-tc64: 3xTF32 tensor-core products from n = 64, where
+# the default path uses FP32 FMA; 3xTF32 rounds each operand to ~22 bits, and
+# at n = 96..256 its error was 4.4-6.5e-5 against 0.6-1.3e-5 for FP32 FMA
+# (1-norm 300; NOTES.md, "3xTF32 from n = 512"). gpu-simt: FP32 FMA products
+# from n = 512, where the default path uses 3xTF32; their accumulation error
+# grows with n (n = 1024, complex64, 1-norm 3000: 2.4x the default bound on
+# an H200).
+def _path_factor(target_id, n):
+    if target_id == "gpu-tc64":
+        return 8.0
+    if target_id == "gpu-simt" and n >= 512:
+        return 4.0
+    return 1.0
+
+
+@pytest.fixture
+def tol(request):
+    """tol_cond, widened on a target whose products round more coarsely."""
+    target = request.node.callspec.params["device"]
+    return lambda dtype, a, *c: (
+        _path_factor(target.id, np.shape(a)[-1]) * tol_cond(dtype, a, *c)
+    )
+
+
 def _batch(rng, count, n, dtype, norms):
     """count matrices with 1-norms cycling through norms: Gaussian up to 40,
     dissipative (a large skew part: exp stays of order one) beyond."""
@@ -47,7 +72,7 @@ def _batch(rng, count, n, dtype, norms):
     return rounded(np.stack(mats), dtype)
 
 
-def _mixed_norms_case(device, rng, dtype, n):
+def _mixed_norms_case(device, rng, dtype, n, tol):
     """One batch with every degree and many squarings, each matrix against
     its own reference; expm_frechet's exp(A) and L(A, E) too."""
     # exp(3000) of a 1 x 1 matrix overflows: there the norms stop at 40.
@@ -60,28 +85,28 @@ def _mixed_norms_case(device, rng, dtype, n):
     x = to_np(mle.matrix_exp(to_mx(a, dtype), stream=device))
     xf, lf = mle.expm_frechet(to_mx(a, dtype), to_mx(e, dtype), stream=device)
     xr, lr = frechet_ref(a, e)
-    tol = tol_cond(dtype, a)
-    assert_relerr(x, xr, tol, f"matrix_exp n={n}")
-    assert_relerr(to_np(xf), xr, tol, f"expm_frechet X n={n}")
-    assert_relerr(to_np(lf), lr, tol_cond(dtype, a, C_DERIV), f"L n={n}")
+    bound = tol(dtype, a)
+    assert_relerr(x, xr, bound, f"matrix_exp n={n}")
+    assert_relerr(to_np(xf), xr, bound, f"expm_frechet X n={n}")
+    assert_relerr(to_np(lf), lr, tol(dtype, a, C_DERIV), f"L n={n}")
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("n", [n for n in SIZES if n <= 64])
-def test_mixed_norms_small(device, rng, dtype, n):
-    _mixed_norms_case(device, rng, dtype, n)
+def test_mixed_norms_small(device, rng, dtype, n, tol):
+    _mixed_norms_case(device, rng, dtype, n, tol)
 
 
 @pytest.mark.gpu_only  # on the CPU these sizes take no other path
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("n", [n for n in SIZES if n > 64])
-def test_mixed_norms_large(device, rng, dtype, n):
-    _mixed_norms_case(device, rng, dtype, n)
+def test_mixed_norms_large(device, rng, dtype, n, tol):
+    _mixed_norms_case(device, rng, dtype, n, tol)
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("n", [4, 40, 70])
-def test_nan_inf_isolation(device, rng, dtype, n):
+def test_nan_inf_isolation(device, rng, dtype, n, tol):
     """A NaN and an Inf matrix give all-NaN results (exp and L); the finite
     one between them is right."""
     a = _batch(rng, 3, n, dtype, [1.0, 5.0, 0.5])
@@ -93,15 +118,15 @@ def test_nan_inf_isolation(device, rng, dtype, n):
     for i in (0, 2):
         assert np.isnan(x[i]).all() and np.isnan(xf[i]).all()
         assert np.isnan(lf[i]).all()
-    assert_relerr(x[1], expm_ref(a[1]), tol_cond(dtype, a[1]), "finite neighbour")
+    assert_relerr(x[1], expm_ref(a[1]), tol(dtype, a[1]), "finite neighbour")
     _, lr = frechet_ref(a[1], a[1])
-    assert_relerr(lf[1], lr, tol_cond(dtype, a[1], C_DERIV), "L of the neighbour")
+    assert_relerr(lf[1], lr, tol(dtype, a[1], C_DERIV), "L of the neighbour")
 
 
 @pytest.mark.gpu_only  # the CPU runs these sizes in test_forward
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("n", [512, 514, 1024])
-def test_single_large_matrix_paths(device, rng, dtype, n):
+def test_single_large_matrix_paths(device, rng, dtype, n, tol):
     """One matrix (the wgmma path for n c >= 2048 with n c % 4 == 0, mma.sync
     for n = 514 float) with no squaring, a few (norm 40: ~4) and more than
     the first steps of that path (3000: ~10); expm_frechet for n < 1024 at
@@ -109,13 +134,13 @@ def test_single_large_matrix_paths(device, rng, dtype, n):
     for norm in (0.4, 4.0, 40.0, 3000.0):
         a = _batch(rng, 1, n, dtype, [norm])
         x = to_np(mle.matrix_exp(to_mx(a, dtype), stream=device))
-        assert_relerr(x, expm_ref(a), tol_cond(dtype, a), f"norm {norm}")
+        assert_relerr(x, expm_ref(a), tol(dtype, a), f"norm {norm}")
         if n < 1024 and norm in (4.0, 40.0):
             e = _batch(rng, 1, n, dtype, [1.0])
             xf, lf = mle.expm_frechet(to_mx(a, dtype), to_mx(e, dtype), stream=device)
             xr, lr = frechet_ref(a, e)
-            assert_relerr(to_np(xf), xr, tol_cond(dtype, a), f"X, norm {norm}")
-            tl = tol_cond(dtype, a, C_DERIV)
+            assert_relerr(to_np(xf), xr, tol(dtype, a), f"X, norm {norm}")
+            tl = tol(dtype, a, C_DERIV)
             assert_relerr(to_np(lf), lr, tl, f"L, norm {norm}")
     a = _batch(rng, 1, n, dtype, [1.0])
     a[0, 3, 5] = np.nan
