@@ -11,7 +11,7 @@ enum : int {
   kSmallThreads = 256,
   kSmallOwn = 4, // outputs per thread, held in registers while a product runs
   kSmallBuffers = 7, // n x n buffers of one pass (primal, or derivative)
-  kSmallScratchBytes = 256, // reductions and the per-matrix decision
+  kSmallScratchBytes = 320, // column sums of the 1-norms
 
   // Predicated path: per-matrix parameters, then n x n buffers in Work.
   kTile = 32, // output tile of the threadgroup GEMM (kTile x kTile)
@@ -19,7 +19,8 @@ enum : int {
   kGemmThreads = 256, // 16 x 16 threads, 2 x 2 outputs each
   kElemThreads = 256, // threads of the elementwise kernels
   kElemPerGroup = 1024, // elements one elementwise threadgroup covers
-  kParamWords = 8, // 32-bit words of parameters per matrix
+  kParamWords = 8, // floats of parameters per matrix
+  kParamsThreadgroupBytes = 2 * kElemThreads * 4, // partial sums
   kParamAlign = 256, // the matrices start at a multiple of this in Work
   // Buffers per matrix and pass: slots A, P2..P6 (0..5), operands L, R
   // (6, 7; they double as the squaring ping-pong). The derivative pass has
@@ -29,14 +30,14 @@ enum : int {
   kLargeRight = 7,
 };
 
-// Words of the per-matrix parameters.
+// The per-matrix parameters, stored as floats (the integers are exact).
 enum : int {
   kParamDegree = 0, // degree index, or expm::kNoAnswer
   kParamSquarings = 1,
   kParamShift = 2, // 1 when the trace shift is used
-  kParamMuRe = 3, // mu (float bits)
+  kParamMuRe = 3, // mu
   kParamMuIm = 4,
-  kParamFactorRe = 5, // e^(mu 2^-s) (float bits)
+  kParamFactorRe = 5, // e^(mu 2^-s)
   kParamFactorIm = 6,
 };
 

@@ -1,6 +1,6 @@
 // The launch plan of the Metal kernels: which kernels run, on which grids and
 // buffers, for a batch of n x n matrices. eval_gpu (csrc/metal) encodes it;
-// the CPU emulator of the kernels (tests/metal_emulator) runs the same plan.
+// the CPU emulator of the kernels (metal/emulator) runs the same plan.
 // Everything that depends on the data (norms, trace shift, degree, squarings)
 // is decided by the kernels on the device, per matrix; the plan depends only
 // on (type, n, batch, frechet).
@@ -156,7 +156,7 @@ inline Plan make_plan(
       {"expm_params_" + t,
        {b, 1, 1},
        {kElemThreads, 1, 1},
-       0,
+       kParamsThreadgroupBytes,
        {Arg::A, Arg::Work},
        ints});
   // (A - mu I) 2^-s (and E 2^-s) into slot A; all-NaN outputs where there
