@@ -115,20 +115,45 @@ void run_group_fibers(Group& g, FiberStacks& stacks) {
   tl_group = nullptr;
 }
 
-void run_group_threads(Group& g) {
+// OS threads: one thread per GPU thread, kept across the threadgroups this
+// worker takes; thread 0 fetches the next threadgroup between two barriers.
+void run_groups_threads(
+    Group& g,
+    std::atomic<uint64_t>& next,
+    uint64_t groups,
+    const uint32_t* grid,
+    std::vector<char>& smem) {
   g.barrier = std::make_unique<std::barrier<>>(g.threads);
-  g.returned = 0;
-  std::vector<std::thread> pool;
-  pool.reserve(g.threads);
-  for (int t = 0; t < g.threads; ++t) {
-    pool.emplace_back([&g, t] {
-      tl_group = &g;
-      tl_tid = t;
+  uint64_t current = 0;
+  auto body = [&](int t) {
+    tl_group = &g;
+    tl_tid = t;
+    for (;;) {
+      if (t == 0) {
+        current = next.fetch_add(1);
+        if (current < groups) {
+          g.args.group[0] = uint32_t(current % grid[0]);
+          g.args.group[1] = uint32_t(current / grid[0] % grid[1]);
+          g.args.group[2] = uint32_t(current / (uint64_t(grid[0]) * grid[1]));
+          std::memset(smem.data(), 0xff, smem.size());
+          g.returned = 0;
+        }
+      }
+      g.barrier->arrive_and_wait();
+      if (current >= groups) {
+        return;
+      }
       run_thread(g, t);
       g.returned.fetch_add(1);
-      g.barrier->arrive_and_drop();
-    });
+      g.barrier->arrive_and_wait();
+    }
+  };
+  std::vector<std::thread> pool;
+  pool.reserve(g.threads - 1);
+  for (int t = 1; t < g.threads; ++t) {
+    pool.emplace_back(body, t);
   }
+  body(0);
   for (auto& th : pool) {
     th.join();
   }
@@ -179,28 +204,28 @@ void run_dispatch(
   const int threads = int(d.threads[0] * d.threads[1] * d.threads[2]);
   std::atomic<uint64_t> next{0};
   auto worker = [&] {
-    FiberStacks stacks;
     std::vector<char> smem(std::max<uint32_t>(d.threadgroup_bytes, 16));
+    Group g;
+    g.mode = options.mode;
+    g.threads = threads;
+    g.kernel = find_kernel(d.kernel);
+    g.args = proto;
+    g.args.smem = d.threadgroup_bytes ? smem.data() : nullptr;
+    if (options.mode == Mode::Threads) {
+      run_groups_threads(g, next, groups, d.groups, smem);
+      return;
+    }
+    FiberStacks stacks;
     for (;;) {
       uint64_t id = next.fetch_add(1);
       if (id >= groups) {
         return;
       }
-      Group g;
-      g.mode = options.mode;
-      g.threads = threads;
-      g.kernel = find_kernel(d.kernel);
-      g.args = proto;
       g.args.group[0] = uint32_t(id % d.groups[0]);
       g.args.group[1] = uint32_t(id / d.groups[0] % d.groups[1]);
       g.args.group[2] = uint32_t(id / (uint64_t(d.groups[0]) * d.groups[1]));
       std::memset(smem.data(), 0xff, smem.size());
-      g.args.smem = d.threadgroup_bytes ? smem.data() : nullptr;
-      if (options.mode == Mode::Fibers) {
-        run_group_fibers(g, stacks);
-      } else {
-        run_group_threads(g);
-      }
+      run_group_fibers(g, stacks);
     }
   };
   int workers = int(std::clamp<uint64_t>(options.workers, 1, groups));
