@@ -8,8 +8,10 @@
 using namespace expm_metal;
 
 #ifdef __METAL__
-#define EXPM_INSTANTIATE(function, T, name) \
-  template [[host_name(                     \
-      #function "_" #name)]] [[kernel]] decltype(function<T>) function<T>;
+// Qualified names: an explicit instantiation outside the template's
+// namespace must name it so.
+#define EXPM_INSTANTIATE(function, T, name)   \
+  template [[host_name(#function "_" #name)]] \
+  [[kernel]] decltype(expm_metal::function<T>) expm_metal::function<T>;
 EXPM_METAL_KERNELS(EXPM_INSTANTIATE)
 #endif
