@@ -40,6 +40,19 @@ inline complex64 operator/(complex64 a, float b) {
   return r;
 }
 
+// c + a b with fused multiply-adds (one rounding per real product, as in
+// BLAS kernels; Metal's fma is exact before its rounding).
+inline float mul_add(float a, float b, float c) {
+  return fma(a, b, c);
+}
+
+inline complex64 mul_add(complex64 a, complex64 b, complex64 c) {
+  complex64 r = {
+      fma(a.re, b.re, fma(-a.im, b.im, c.re)),
+      fma(a.re, b.im, fma(a.im, b.re, c.im))};
+  return r;
+}
+
 // What the kernels need beyond + - *: construction from (re, im), the
 // modulus of the 1-norm, NaN, and e^z.
 template <typename T>

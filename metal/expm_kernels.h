@@ -82,11 +82,15 @@ T small_combination_at(
     int idx,
     bool diagonal,
     bool identity) {
-  T v = Elem<T>::make(identity && diagonal ? c[0] : 0.0f, 0.0f);
+  // The identity term last, as the CPU evaluator adds it.
+  T v = Elem<T>::make(0.0f, 0.0f);
   for (int j = 1; j < count; ++j) {
     if (c[j] != 0.0f) {
       v = v + c[j] * bufs[slot[j] * nn + idx];
     }
+  }
+  if (identity && diagonal) {
+    v = v + Elem<T>::make(c[0], 0.0f);
   }
   return v;
 }
@@ -266,10 +270,10 @@ void expm_small_body(
         T acc = Elem<T>::make(0.0f, 0.0f);
         T dacc = acc;
         for (int m = 0; m < n; ++m) {
-          acc = acc + lb[i * n + m] * rb[m * n + j];
+          acc = mul_add(lb[i * n + m], rb[m * n + j], acc);
           if (Frechet) {
-            dacc = dacc + dlb[i * n + m] * rb[m * n + j] +
-                lb[i * n + m] * drb[m * n + j];
+            dacc = mul_add(dlb[i * n + m], rb[m * n + j], dacc);
+            dacc = mul_add(lb[i * n + m], drb[m * n + j], dacc);
           }
         }
         p[r] = acc;
@@ -350,10 +354,10 @@ void expm_small_body(
         T acc = Elem<T>::make(0.0f, 0.0f);
         T dacc = acc;
         for (int m = 0; m < n; ++m) {
-          acc = acc + xb[i * n + m] * xb[m * n + j];
+          acc = mul_add(xb[i * n + m], xb[m * n + j], acc);
           if (Frechet) {
-            dacc = dacc + xb[i * n + m] * dxb[m * n + j] +
-                dxb[i * n + m] * xb[m * n + j];
+            dacc = mul_add(xb[i * n + m], dxb[m * n + j], dacc);
+            dacc = mul_add(dxb[i * n + m], xb[m * n + j], dacc);
           }
         }
         y[r] = acc;
@@ -614,13 +618,16 @@ void large_combination(
     if (idx >= nn) {
       break;
     }
-    T v = Elem<T>::make(identity && idx / n == idx % n ? c[0] : 0.0f, 0.0f);
+    T v = Elem<T>::make(0.0f, 0.0f);
     for (int j = 1; j < count; ++j) {
       if (c[j] != 0.0f) {
         device T* src =
             matrix_buffer<T>(work, n, batch, frechet, b, pass + slot_buffer(j));
         v = v + c[j] * src[idx];
       }
+    }
+    if (identity && idx / n == idx % n) {
+      v = v + Elem<T>::make(c[0], 0.0f);
     }
     dst[idx] = v;
   }
@@ -720,10 +727,10 @@ void tile_product(
         T xb = xs[(ty + 16) * kTileK + m];
         T ya = ys[m * kTile + tx];
         T yb = ys[m * kTile + tx + 16];
-        acc[0] = acc[0] + xa * ya;
-        acc[1] = acc[1] + xa * yb;
-        acc[2] = acc[2] + xb * ya;
-        acc[3] = acc[3] + xb * yb;
+        acc[0] = mul_add(xa, ya, acc[0]);
+        acc[1] = mul_add(xa, yb, acc[1]);
+        acc[2] = mul_add(xb, ya, acc[2]);
+        acc[3] = mul_add(xb, yb, acc[3]);
       }
       threadgroup_barrier(mem_flags::mem_threadgroup);
     }

@@ -66,6 +66,7 @@ inline void threadgroup_barrier(mem_flags) {
 using std::cos;
 using std::exp;
 using std::fabs;
+using std::fma;
 using std::isfinite;
 using std::isnan;
 using std::ldexp;
