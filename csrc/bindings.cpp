@@ -19,6 +19,18 @@ NB_MODULE(_ext, m) {
   m.attr("has_gpu_kernels") = false;
 #endif
 
+  // What evaluates float32/complex64: a test build's Metal emulator (on the
+  // CPU stream), or the build's GPU kernels beside the CPU evaluator.
+#if defined(MLX_LINALG_EXT_METAL_EMULATOR)
+  m.attr("backend") = "metal-emulator";
+#elif defined(MLX_LINALG_EXT_METAL)
+  m.attr("backend") = "metal";
+#elif defined(MLX_LINALG_EXT_GPU)
+  m.attr("backend") = "cuda";
+#else
+  m.attr("backend") = "cpu";
+#endif
+
   m.def(
       "matrix_exp",
       &mlx_linalg_ext::matrix_exp,

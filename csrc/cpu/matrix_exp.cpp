@@ -15,6 +15,9 @@
 #include "cpu/gemm.h"
 #include "expm_numerics.h"
 #include "primitives.h"
+#ifdef MLX_LINALG_EXT_METAL_EMULATOR
+#include "metal_emulator/eval.h"
+#endif
 
 namespace mlx_linalg_ext {
 
@@ -397,6 +400,12 @@ void eval_expm_cpu(
                     frechet]() mutable {
     const mx::array* pe = frechet ? &e : nullptr;
     mx::array* pl = frechet ? &l : nullptr;
+#ifdef MLX_LINALG_EXT_METAL_EMULATOR
+    // Test build: float32 and complex64 run the Metal kernels.
+    if (a.dtype() != mx::float64) {
+      return metal_emulator::expm_batch(a, pe, x, pl);
+    }
+#endif
     switch (a.dtype()) {
       case mx::float32:
         return expm_batch<float>(a, pe, x, pl);

@@ -1,0 +1,943 @@
+// Metal kernels of MatrixExp and ExpmFrechet, as templates over the element
+// type (float, complex64). matrix_exp.metal instantiates them for the
+// metallib; the CPU emulator (metal/emulator) instantiates the same code for
+// the tests. metal/launch_plan.h says which of them run, on which grids.
+//
+// Per matrix, on the device: the 1-norms of A and A - mu I (mu = tr(A) / n),
+// expm::decide, the product program of the chosen degree (expm_numerics.h),
+// the factor e^(mu 2^-s), and s squarings. The Frechet kernels carry the
+// derivative through the same program: dP = dL R + L dR for each product and
+// d(X^2) = X dX + dX X for each squaring.
+#pragma once
+
+#include <metal_stdlib>
+
+#ifndef EXPM_TABLE
+#define EXPM_TABLE constant
+#endif
+#define EXPM_REAL float
+#include "expm_numerics.h"
+
+#include "expm_complex.h"
+#include "expm_layout.h"
+
+// Checks of the kernels' own invariants: the emulator reports them, Metal
+// compiles them away.
+#ifndef EXPM_METAL_ASSERT
+#define EXPM_METAL_ASSERT(cond)
+#endif
+
+// Metal's attribute of the threadgroup memory argument; the emulator, whose
+// `threadgroup` is a macro, defines it away.
+#ifndef EXPM_THREADGROUP_MEMORY
+#define EXPM_THREADGROUP_MEMORY [[threadgroup(0)]]
+#endif
+
+using namespace metal;
+
+namespace expm_metal {
+
+typedef const constant float* Coefs;
+
+// Column maximum in which NaN wins (max() and fmax() drop it).
+inline float nan_max(float m, float x) {
+  return (x > m || isnan(x)) ? x : m;
+}
+
+// ---------------------------------------------------------------------------
+// Fused path: one threadgroup per matrix (n <= kSmallMaxN). The matrix, its
+// products and the operands live in threadgroup memory; each thread owns the
+// elements tid + q * threads (q < kSmallOwn) of every result and keeps them
+// in registers while a product reads its operands, so that a product may
+// overwrite one of them and the squarings run in place.
+// ---------------------------------------------------------------------------
+
+// The buffers of one pass (primal or derivative) are handed out from a bit
+// mask. Every thread runs the same bookkeeping on the same decision, so all
+// agree on it without communicating.
+inline int take_buffer(thread uint& used) {
+  for (int q = 0; q < kSmallBuffers; ++q) {
+    if ((used & (1u << q)) == 0) {
+      used |= 1u << q;
+      return q;
+    }
+  }
+  EXPM_METAL_ASSERT(false);
+  return 0;
+}
+
+inline void free_buffer(thread uint& used, int q) {
+  used &= ~(1u << q);
+}
+
+// sum_j c[j] slot_j at element idx (row i, column j) for 1 <= j < count, plus
+// c[0] on the diagonal when the identity takes part (the primal pass).
+template <typename T>
+T small_combination_at(
+    Coefs c,
+    int count,
+    thread const int* slot,
+    const threadgroup T* bufs,
+    int nn,
+    int idx,
+    bool diagonal,
+    bool identity) {
+  // The identity term last, as the CPU evaluator adds it.
+  T v = Elem<T>::make(0.0f, 0.0f);
+  for (int j = 1; j < count; ++j) {
+    if (c[j] != 0.0f) {
+      v = v + c[j] * bufs[slot[j] * nn + idx];
+    }
+  }
+  if (identity && diagonal) {
+    v = v + Elem<T>::make(c[0], 0.0f);
+  }
+  return v;
+}
+
+// The operand sum_j c[j] slot_j of a product: the slot's buffer where the
+// combination is one slot on its own, else a fresh buffer that this call
+// fills (the caller's barrier publishes it). *scratch says which.
+template <typename T>
+int small_operand(
+    Coefs c,
+    int count,
+    thread const int* slot,
+    threadgroup T* bufs,
+    thread uint& used,
+    bool identity,
+    int n,
+    uint tid,
+    uint threads,
+    thread bool& scratch) {
+  int lone = expm::lone_slot(c, count, identity);
+  scratch = lone < 1;
+  if (!scratch) {
+    return slot[lone];
+  }
+  int q = take_buffer(used);
+  int nn = n * n;
+  for (int r = 0; r < kSmallOwn; ++r) {
+    int idx = int(tid) + r * int(threads);
+    if (idx < nn) {
+      bufs[q * nn + idx] = small_combination_at(
+          c, count, slot, bufs, nn, idx, idx / n == idx % n, identity);
+    }
+  }
+  return q;
+}
+
+// Where a product's result goes: into its left operand's buffer if that one
+// was made for the product, else into the right one's, else a fresh one.
+inline int small_destination(
+    thread uint& used,
+    int left,
+    bool left_scratch,
+    int right,
+    bool right_scratch) {
+  if (left_scratch) {
+    if (right_scratch && right != left) {
+      free_buffer(used, right);
+    }
+    return left;
+  }
+  if (right_scratch) {
+    return right;
+  }
+  return take_buffer(used);
+}
+
+template <typename T, bool Frechet>
+void expm_small_body(
+    const device T* a_all,
+    const device T* e_all,
+    device T* x_all,
+    device T* l_all,
+    int n,
+    threadgroup char* smem,
+    uint tid,
+    uint threads,
+    uint group) {
+  const int nn = n * n;
+  const ulong base = ulong(group) * ulong(nn);
+  const device T* a = a_all + base;
+  device T* x_out = x_all + base;
+  threadgroup float* colsum = (threadgroup float*)smem;
+  threadgroup float* colsum_shifted = colsum + kSmallMaxN;
+  threadgroup T* bufs = (threadgroup T*)(smem + kSmallScratchBytes);
+  threadgroup T* dbufs = bufs + kSmallBuffers * nn;
+
+  // mu = tr(A) / n, formed by every thread in the same order (same value).
+  T trace = Elem<T>::make(0.0f, 0.0f);
+  for (int i = 0; i < n; ++i) {
+    trace = trace + a[i * n + i];
+  }
+  T mu = trace / float(n);
+  if (int(tid) < n) {
+    int j = int(tid);
+    float c = 0.0f;
+    float cs = 0.0f;
+    for (int i = 0; i < n; ++i) {
+      T v = a[i * n + j];
+      c += Elem<T>::magnitude(v);
+      cs += Elem<T>::magnitude(i == j ? v - mu : v);
+    }
+    colsum[j] = c;
+    colsum_shifted[j] = cs;
+  }
+  threadgroup_barrier(mem_flags::mem_threadgroup);
+  float norm = 0.0f;
+  float shifted_norm = 0.0f;
+  for (int j = 0; j < n; ++j) {
+    norm = nan_max(norm, colsum[j]);
+    shifted_norm = nan_max(shifted_norm, colsum_shifted[j]);
+  }
+  const expm::Decision dec = expm::decide(norm, shifted_norm, expm::kSingle);
+
+  if (dec.degree == expm::kNoAnswer) {
+    T nan_value = Elem<T>::make(NAN, NAN);
+    for (int r = 0; r < kSmallOwn; ++r) {
+      int idx = int(tid) + r * int(threads);
+      if (idx < nn) {
+        x_out[idx] = nan_value;
+        if (Frechet) {
+          l_all[base + idx] = nan_value;
+        }
+      }
+    }
+    return;
+  }
+  if (!dec.shift) {
+    mu = Elem<T>::make(0.0f, 0.0f);
+  }
+  const int d = dec.degree;
+  const int s = dec.squarings;
+  const float scale = ldexp(1.0f, -s);
+
+  // Slot j >= 1 lives in buffer slot[j] (dslot[j] for the derivative).
+  uint used = 0;
+  uint dused = 0;
+  int slot[expm::kMaxSlots];
+  int dslot[expm::kMaxSlots];
+  slot[1] = take_buffer(used);
+  dslot[1] = Frechet ? take_buffer(dused) : 0;
+  for (int r = 0; r < kSmallOwn; ++r) {
+    int idx = int(tid) + r * int(threads);
+    if (idx < nn) {
+      T v = a[idx];
+      if (idx / n == idx % n) {
+        v = v - mu;
+      }
+      bufs[slot[1] * nn + idx] = scale * v;
+      if (Frechet) {
+        dbufs[dslot[1] * nn + idx] = scale * e_all[base + idx];
+      }
+    }
+  }
+  threadgroup_barrier(mem_flags::mem_threadgroup);
+
+  for (int k = 0; k < expm::kNumProducts[d]; ++k) {
+    const int step = expm::kFirstStep[d] + k;
+    const int count = 2 + k;
+    Coefs cl = expm::kStepLeft[step];
+    Coefs cr = expm::kStepRight[step];
+    bool ls, rs, dls = false, drs = false;
+    int lq =
+        small_operand(cl, count, slot, bufs, used, true, n, tid, threads, ls);
+    int rq =
+        small_operand(cr, count, slot, bufs, used, true, n, tid, threads, rs);
+    int dlq = 0;
+    int drq = 0;
+    if (Frechet) {
+      dlq = small_operand(
+          cl, count, dslot, dbufs, dused, false, n, tid, threads, dls);
+      drq = small_operand(
+          cr, count, dslot, dbufs, dused, false, n, tid, threads, drs);
+    }
+    threadgroup_barrier(mem_flags::mem_threadgroup);
+
+    T p[kSmallOwn];
+    T dp[kSmallOwn];
+    const threadgroup T* lb = bufs + lq * nn;
+    const threadgroup T* rb = bufs + rq * nn;
+    const threadgroup T* dlb = dbufs + dlq * nn;
+    const threadgroup T* drb = dbufs + drq * nn;
+    for (int r = 0; r < kSmallOwn; ++r) {
+      int idx = int(tid) + r * int(threads);
+      if (idx < nn) {
+        int i = idx / n;
+        int j = idx % n;
+        T acc = Elem<T>::make(0.0f, 0.0f);
+        T dacc = acc;
+        for (int m = 0; m < n; ++m) {
+          acc = mul_add(lb[i * n + m], rb[m * n + j], acc);
+          if (Frechet) {
+            dacc = mul_add(dlb[i * n + m], rb[m * n + j], dacc);
+            dacc = mul_add(lb[i * n + m], drb[m * n + j], dacc);
+          }
+        }
+        p[r] = acc;
+        dp[r] = dacc;
+      }
+    }
+    threadgroup_barrier(mem_flags::mem_threadgroup);
+
+    int pq = small_destination(used, lq, ls, rq, rs);
+    slot[2 + k] = pq;
+    int dpq = 0;
+    if (Frechet) {
+      dpq = small_destination(dused, dlq, dls, drq, drs);
+      dslot[2 + k] = dpq;
+    }
+    for (int r = 0; r < kSmallOwn; ++r) {
+      int idx = int(tid) + r * int(threads);
+      if (idx < nn) {
+        bufs[pq * nn + idx] = p[r];
+        if (Frechet) {
+          dbufs[dpq * nn + idx] = dp[r];
+        }
+      }
+    }
+    threadgroup_barrier(mem_flags::mem_threadgroup);
+  }
+
+  // The approximant times e^(mu 2^-s) (the squarings then stay in the range
+  // of the result); straight to the outputs when there is no squaring.
+  T factor = dec.shift
+      ? Elem<T>::exp_of(Elem<T>::re(mu) * scale, Elem<T>::im(mu) * scale)
+      : Elem<T>::make(1.0f, 0.0f);
+  const int count = expm::num_slots(d);
+  Coefs cf = expm::kFinal[d];
+  const int xq = take_buffer(used);
+  const int dxq = Frechet ? take_buffer(dused) : 0;
+  threadgroup T* xb = bufs + xq * nn;
+  threadgroup T* dxb = dbufs + dxq * nn;
+  for (int r = 0; r < kSmallOwn; ++r) {
+    int idx = int(tid) + r * int(threads);
+    if (idx < nn) {
+      bool diagonal = idx / n == idx % n;
+      T v = factor *
+          small_combination_at(cf, count, slot, bufs, nn, idx, diagonal, true);
+      T dv = v;
+      if (Frechet) {
+        dv = factor *
+            small_combination_at(
+                 cf, count, dslot, dbufs, nn, idx, diagonal, false);
+      }
+      if (s == 0) {
+        x_out[idx] = v;
+        if (Frechet) {
+          l_all[base + idx] = dv;
+        }
+      } else {
+        xb[idx] = v;
+        if (Frechet) {
+          dxb[idx] = dv;
+        }
+      }
+    }
+  }
+  if (s == 0) {
+    return;
+  }
+  threadgroup_barrier(mem_flags::mem_threadgroup);
+
+  for (int q = 0; q < s; ++q) {
+    const bool last = q == s - 1;
+    T y[kSmallOwn];
+    T dy[kSmallOwn];
+    for (int r = 0; r < kSmallOwn; ++r) {
+      int idx = int(tid) + r * int(threads);
+      if (idx < nn) {
+        int i = idx / n;
+        int j = idx % n;
+        T acc = Elem<T>::make(0.0f, 0.0f);
+        T dacc = acc;
+        for (int m = 0; m < n; ++m) {
+          acc = mul_add(xb[i * n + m], xb[m * n + j], acc);
+          if (Frechet) {
+            dacc = mul_add(xb[i * n + m], dxb[m * n + j], dacc);
+            dacc = mul_add(dxb[i * n + m], xb[m * n + j], dacc);
+          }
+        }
+        y[r] = acc;
+        dy[r] = dacc;
+      }
+    }
+    if (!last) {
+      threadgroup_barrier(mem_flags::mem_threadgroup);
+    }
+    for (int r = 0; r < kSmallOwn; ++r) {
+      int idx = int(tid) + r * int(threads);
+      if (idx < nn) {
+        if (last) {
+          x_out[idx] = y[r];
+          if (Frechet) {
+            l_all[base + idx] = dy[r];
+          }
+        } else {
+          xb[idx] = y[r];
+          if (Frechet) {
+            dxb[idx] = dy[r];
+          }
+        }
+      }
+    }
+    if (!last) {
+      threadgroup_barrier(mem_flags::mem_threadgroup);
+    }
+  }
+}
+
+// ints: {n}. One threadgroup per matrix.
+template <typename T>
+[[kernel]] void expm_small(
+    const device T* a [[buffer(0)]],
+    device T* x [[buffer(1)]],
+    constant int* ints [[buffer(2)]],
+    threadgroup char* smem EXPM_THREADGROUP_MEMORY,
+    uint3 tid [[thread_position_in_threadgroup]],
+    uint3 group [[threadgroup_position_in_grid]],
+    uint3 threads [[threads_per_threadgroup]]) {
+  expm_small_body<T, false>(
+      a, a, x, x, ints[0], smem, tid.x, threads.x, group.x);
+}
+
+template <typename T>
+[[kernel]] void expm_frechet_small(
+    const device T* a [[buffer(0)]],
+    const device T* e [[buffer(1)]],
+    device T* x [[buffer(2)]],
+    device T* l [[buffer(3)]],
+    constant int* ints [[buffer(4)]],
+    threadgroup char* smem EXPM_THREADGROUP_MEMORY,
+    uint3 tid [[thread_position_in_threadgroup]],
+    uint3 group [[threadgroup_position_in_grid]],
+    uint3 threads [[threads_per_threadgroup]]) {
+  expm_small_body<T, true>(
+      a, e, x, l, ints[0], smem, tid.x, threads.x, group.x);
+}
+
+// ---------------------------------------------------------------------------
+// Predicated path: a fixed list of dispatches (launch_plan.h) over Work, which
+// holds the per-matrix parameters and then kLargeBuffers n x n buffers per
+// matrix and pass. Each threadgroup reads its matrix's parameters and returns
+// at once when the matrix does not need its step. ints: {n, batch, index of
+// the step (product position or squaring), frechet}.
+// ---------------------------------------------------------------------------
+
+inline device float* matrix_params(device char* work, int b) {
+  return (device float*)work + long(b) * kParamWords;
+}
+
+// Buffer q of matrix b (q >= kLargeBuffers: the derivative pass).
+template <typename T>
+device T*
+matrix_buffer(device char* work, int n, int batch, bool frechet, int b, int q) {
+  long nn = long(n) * n;
+  device T* mats = (device T*)(work + params_bytes(batch));
+  return mats + (long(b) * large_buffers(frechet) + q) * nn;
+}
+
+// The buffer of slot j >= 1 (slot 1 = A in buffer 0, P_k in buffer k - 1).
+inline int slot_buffer(int j) {
+  return j - 1;
+}
+
+// Operand of a product step: its lone slot, else the scratch buffer the
+// combine kernel filled.
+inline int large_operand(Coefs c, int count, bool identity, int scratch) {
+  int lone = expm::lone_slot(c, count, identity);
+  return lone >= 1 ? slot_buffer(lone) : scratch;
+}
+
+// 1-norms, decision and factor per matrix; one threadgroup per matrix.
+template <typename T>
+[[kernel]] void expm_params(
+    const device T* a_all [[buffer(0)]],
+    device char* work [[buffer(1)]],
+    constant int* ints [[buffer(2)]],
+    threadgroup char* smem EXPM_THREADGROUP_MEMORY,
+    uint3 tid3 [[thread_position_in_threadgroup]],
+    uint3 group [[threadgroup_position_in_grid]],
+    uint3 threads3 [[threads_per_threadgroup]]) {
+  const int n = ints[0];
+  const int b = int(group.x);
+  const int tid = int(tid3.x);
+  const int threads = int(threads3.x);
+  const device T* a = a_all + ulong(b) * ulong(n) * ulong(n);
+  threadgroup float* part = (threadgroup float*)smem;
+  threadgroup float* part2 = part + threads;
+
+  T trace = Elem<T>::make(0.0f, 0.0f);
+  for (int i = tid; i < n; i += threads) {
+    trace = trace + a[long(i) * n + i];
+  }
+  part[tid] = Elem<T>::re(trace);
+  part2[tid] = Elem<T>::im(trace);
+  threadgroup_barrier(mem_flags::mem_threadgroup);
+  float tr_re = 0.0f;
+  float tr_im = 0.0f;
+  for (int t = 0; t < threads; ++t) {
+    tr_re += part[t];
+    tr_im += part2[t];
+  }
+  const T mu = Elem<T>::make(tr_re, tr_im) / float(n);
+  threadgroup_barrier(mem_flags::mem_threadgroup);
+
+  // Thread tid sums the columns tid, tid + threads, ...: a row's elements
+  // are read by consecutive threads.
+  float norm = 0.0f;
+  float shifted_norm = 0.0f;
+  for (int j = tid; j < n; j += threads) {
+    float c = 0.0f;
+    float cs = 0.0f;
+    for (int i = 0; i < n; ++i) {
+      T v = a[long(i) * n + j];
+      c += Elem<T>::magnitude(v);
+      cs += Elem<T>::magnitude(i == j ? v - mu : v);
+    }
+    norm = nan_max(norm, c);
+    shifted_norm = nan_max(shifted_norm, cs);
+  }
+  part[tid] = norm;
+  part2[tid] = shifted_norm;
+  threadgroup_barrier(mem_flags::mem_threadgroup);
+  if (tid == 0) {
+    for (int t = 1; t < threads; ++t) {
+      norm = nan_max(norm, part[t]);
+      shifted_norm = nan_max(shifted_norm, part2[t]);
+    }
+    const expm::Decision dec = expm::decide(norm, shifted_norm, expm::kSingle);
+    const int s = dec.degree == expm::kNoAnswer ? 0 : dec.squarings;
+    const float scale = ldexp(1.0f, -s);
+    T factor = dec.shift
+        ? Elem<T>::exp_of(Elem<T>::re(mu) * scale, Elem<T>::im(mu) * scale)
+        : Elem<T>::make(1.0f, 0.0f);
+    device float* p = matrix_params(work, b);
+    p[kParamDegree] = float(dec.degree);
+    p[kParamSquarings] = float(s);
+    p[kParamShift] = dec.shift ? 1.0f : 0.0f;
+    p[kParamMuRe] = dec.shift ? Elem<T>::re(mu) : 0.0f;
+    p[kParamMuIm] = dec.shift ? Elem<T>::im(mu) : 0.0f;
+    p[kParamFactorRe] = Elem<T>::re(factor);
+    p[kParamFactorIm] = Elem<T>::im(factor);
+  }
+}
+
+// (A - mu I) 2^-s into slot A and E 2^-s into its derivative; all-NaN
+// outputs where there is no answer.
+template <typename T, bool Frechet>
+void expm_scale_body(
+    const device T* a_all,
+    const device T* e_all,
+    device T* x_all,
+    device T* l_all,
+    device char* work,
+    constant int* ints,
+    uint tid,
+    uint3 group) {
+  const int n = ints[0];
+  const int batch = ints[1];
+  const int b = int(group.z);
+  const long nn = long(n) * n;
+  const ulong base = ulong(b) * ulong(nn);
+  const device float* p = matrix_params(work, b);
+  const int d = int(p[kParamDegree]);
+  const float scale = ldexp(1.0f, -int(p[kParamSquarings]));
+  const T mu = Elem<T>::make(p[kParamMuRe], p[kParamMuIm]);
+  device T* sa = matrix_buffer<T>(work, n, batch, Frechet, b, slot_buffer(1));
+  device T* se = matrix_buffer<T>(
+      work, n, batch, Frechet, b, kLargeBuffers + slot_buffer(1));
+  for (int r = 0; r < kElemPerGroup / kElemThreads; ++r) {
+    long idx = long(group.x) * kElemPerGroup + r * kElemThreads + tid;
+    if (idx >= nn) {
+      break;
+    }
+    if (d == expm::kNoAnswer) {
+      x_all[base + idx] = Elem<T>::make(NAN, NAN);
+      if (Frechet) {
+        l_all[base + idx] = Elem<T>::make(NAN, NAN);
+      }
+      continue;
+    }
+    T v = a_all[base + idx];
+    if (idx / n == idx % n) {
+      v = v - mu;
+    }
+    sa[idx] = scale * v;
+    if (Frechet) {
+      se[idx] = scale * e_all[base + idx];
+    }
+  }
+}
+
+template <typename T>
+[[kernel]] void expm_scale(
+    const device T* a [[buffer(0)]],
+    device T* x [[buffer(1)]],
+    device char* work [[buffer(2)]],
+    constant int* ints [[buffer(3)]],
+    uint3 tid [[thread_position_in_threadgroup]],
+    uint3 group [[threadgroup_position_in_grid]]) {
+  expm_scale_body<T, false>(a, a, x, x, work, ints, tid.x, group);
+}
+
+template <typename T>
+[[kernel]] void expm_frechet_scale(
+    const device T* a [[buffer(0)]],
+    const device T* e [[buffer(1)]],
+    device T* x [[buffer(2)]],
+    device T* l [[buffer(3)]],
+    device char* work [[buffer(4)]],
+    constant int* ints [[buffer(5)]],
+    uint3 tid [[thread_position_in_threadgroup]],
+    uint3 group [[threadgroup_position_in_grid]]) {
+  expm_scale_body<T, true>(a, e, x, l, work, ints, tid.x, group);
+}
+
+// dst = sum_j c[j] slot_j (j < count) at the elements of this threadgroup,
+// plus c[0] on the diagonal when the identity takes part.
+template <typename T>
+void large_combination(
+    Coefs c,
+    int count,
+    bool identity,
+    device char* work,
+    int n,
+    int batch,
+    bool frechet,
+    int b,
+    int pass, // 0: primal buffers, kLargeBuffers: derivative buffers
+    device T* dst,
+    uint tid,
+    uint group_x) {
+  const long nn = long(n) * n;
+  for (int r = 0; r < kElemPerGroup / kElemThreads; ++r) {
+    long idx = long(group_x) * kElemPerGroup + r * kElemThreads + tid;
+    if (idx >= nn) {
+      break;
+    }
+    T v = Elem<T>::make(0.0f, 0.0f);
+    for (int j = 1; j < count; ++j) {
+      if (c[j] != 0.0f) {
+        device T* src =
+            matrix_buffer<T>(work, n, batch, frechet, b, pass + slot_buffer(j));
+        v = v + c[j] * src[idx];
+      }
+    }
+    if (identity && idx / n == idx % n) {
+      v = v + Elem<T>::make(c[0], 0.0f);
+    }
+    dst[idx] = v;
+  }
+}
+
+// The operands of product position k that are combinations of slots.
+template <typename T>
+[[kernel]] void expm_combine(
+    device char* work [[buffer(0)]],
+    constant int* ints [[buffer(1)]],
+    uint3 tid [[thread_position_in_threadgroup]],
+    uint3 group [[threadgroup_position_in_grid]]) {
+  const int n = ints[0];
+  const int batch = ints[1];
+  const int k = ints[2];
+  const bool frechet = ints[3] != 0;
+  const int b = int(group.z);
+  const int d = int(matrix_params(work, b)[kParamDegree]);
+  if (d == expm::kNoAnswer || k >= expm::kNumProducts[d]) {
+    return;
+  }
+  const int step = expm::kFirstStep[d] + k;
+  const int count = 2 + k;
+  const int passes = frechet ? 2 : 1;
+  for (int pass = 0; pass < passes; ++pass) {
+    const bool identity = pass == 0;
+    const int offset = pass * kLargeBuffers;
+    for (int side = 0; side < 2; ++side) {
+      Coefs c = side == 0 ? expm::kStepLeft[step] : expm::kStepRight[step];
+      const int scratch = side == 0 ? kLargeLeft : kLargeRight;
+      if (large_operand(c, count, identity, scratch) == scratch) {
+        large_combination<T>(
+            c,
+            count,
+            identity,
+            work,
+            n,
+            batch,
+            frechet,
+            b,
+            offset,
+            matrix_buffer<T>(work, n, batch, frechet, b, offset + scratch),
+            tid.x,
+            group.x);
+      }
+    }
+  }
+}
+
+// One kTile x kTile tile of C = X0 Y0 (+ X1 Y1 when terms == 2), staged
+// through threadgroup memory in kTileK-deep slices. Thread (tx, ty) of a
+// 16 x 16 grid owns the outputs (ty + 16 r, tx + 16 c), r, c in {0, 1}.
+template <typename T>
+void tile_product(
+    const device T* x0,
+    const device T* y0,
+    const device T* x1,
+    const device T* y1,
+    int terms,
+    int n,
+    uint tile_row,
+    uint tile_col,
+    threadgroup char* smem,
+    uint tid,
+    device T* out) {
+  threadgroup T* xs = (threadgroup T*)smem;
+  threadgroup T* ys = xs + kTile * kTileK;
+  const int tx = int(tid) % 16;
+  const int ty = int(tid) / 16;
+  const int row0 = int(tile_row) * kTile;
+  const int col0 = int(tile_col) * kTile;
+  T acc[4];
+  for (int r = 0; r < 4; ++r) {
+    acc[r] = Elem<T>::make(0.0f, 0.0f);
+  }
+  for (int t = 0; t < terms; ++t) {
+    const device T* x = t == 0 ? x0 : x1;
+    const device T* y = t == 0 ? y0 : y1;
+    for (int k0 = 0; k0 < n; k0 += kTileK) {
+      for (int r = 0; r < kTile * kTileK / kGemmThreads; ++r) {
+        int e = int(tid) + r * kGemmThreads;
+        int er = e / kTileK;
+        int ec = e % kTileK;
+        int xr = row0 + er;
+        int xc = k0 + ec;
+        xs[e] =
+            xr < n && xc < n ? x[long(xr) * n + xc] : Elem<T>::make(0.0f, 0.0f);
+        // The y slice is kTileK rows by kTile columns.
+        int yr = k0 + e / kTile;
+        int yc = col0 + e % kTile;
+        ys[e] =
+            yr < n && yc < n ? y[long(yr) * n + yc] : Elem<T>::make(0.0f, 0.0f);
+      }
+      threadgroup_barrier(mem_flags::mem_threadgroup);
+      for (int m = 0; m < kTileK; ++m) {
+        T xa = xs[ty * kTileK + m];
+        T xb = xs[(ty + 16) * kTileK + m];
+        T ya = ys[m * kTile + tx];
+        T yb = ys[m * kTile + tx + 16];
+        acc[0] = mul_add(xa, ya, acc[0]);
+        acc[1] = mul_add(xa, yb, acc[1]);
+        acc[2] = mul_add(xb, ya, acc[2]);
+        acc[3] = mul_add(xb, yb, acc[3]);
+      }
+      threadgroup_barrier(mem_flags::mem_threadgroup);
+    }
+  }
+  for (int r = 0; r < 2; ++r) {
+    for (int c = 0; c < 2; ++c) {
+      int row = row0 + ty + 16 * r;
+      int col = col0 + tx + 16 * c;
+      if (row < n && col < n) {
+        out[long(row) * n + col] = acc[2 * r + c];
+      }
+    }
+  }
+}
+
+// Product position k: P = L R into slot 2 + k (group.z = b * passes + 0) and
+// dP = dL R + L dR into its derivative (group.z = b * passes + 1).
+template <typename T>
+[[kernel]] void expm_product(
+    device char* work [[buffer(0)]],
+    constant int* ints [[buffer(1)]],
+    threadgroup char* smem EXPM_THREADGROUP_MEMORY,
+    uint3 tid [[thread_position_in_threadgroup]],
+    uint3 group [[threadgroup_position_in_grid]]) {
+  const int n = ints[0];
+  const int batch = ints[1];
+  const int k = ints[2];
+  const bool frechet = ints[3] != 0;
+  const int passes = frechet ? 2 : 1;
+  const int b = int(group.z) / passes;
+  const int pass = int(group.z) % passes;
+  const int d = int(matrix_params(work, b)[kParamDegree]);
+  if (d == expm::kNoAnswer || k >= expm::kNumProducts[d]) {
+    return;
+  }
+  const int step = expm::kFirstStep[d] + k;
+  const int count = 2 + k;
+  Coefs cl = expm::kStepLeft[step];
+  Coefs cr = expm::kStepRight[step];
+  device T* l = matrix_buffer<T>(
+      work, n, batch, frechet, b, large_operand(cl, count, true, kLargeLeft));
+  device T* r = matrix_buffer<T>(
+      work, n, batch, frechet, b, large_operand(cr, count, true, kLargeRight));
+  if (pass == 0) {
+    device T* p =
+        matrix_buffer<T>(work, n, batch, frechet, b, slot_buffer(2 + k));
+    tile_product<T>(l, r, l, r, 1, n, group.y, group.x, smem, tid.x, p);
+    return;
+  }
+  device T* dl = matrix_buffer<T>(
+      work,
+      n,
+      batch,
+      frechet,
+      b,
+      kLargeBuffers + large_operand(cl, count, false, kLargeLeft));
+  device T* dr = matrix_buffer<T>(
+      work,
+      n,
+      batch,
+      frechet,
+      b,
+      kLargeBuffers + large_operand(cr, count, false, kLargeRight));
+  device T* dp = matrix_buffer<T>(
+      work, n, batch, frechet, b, kLargeBuffers + slot_buffer(2 + k));
+  tile_product<T>(dl, r, l, dr, 2, n, group.y, group.x, smem, tid.x, dp);
+}
+
+// The approximant times e^(mu 2^-s): into the outputs when s = 0, else into
+// the first squaring buffer.
+template <typename T, bool Frechet>
+void expm_final_body(
+    device T* x_all,
+    device T* l_all,
+    device char* work,
+    constant int* ints,
+    uint tid,
+    uint3 group) {
+  const int n = ints[0];
+  const int batch = ints[1];
+  const int b = int(group.z);
+  const device float* p = matrix_params(work, b);
+  const int d = int(p[kParamDegree]);
+  if (d == expm::kNoAnswer) {
+    return;
+  }
+  const int s = int(p[kParamSquarings]);
+  const T factor = Elem<T>::make(p[kParamFactorRe], p[kParamFactorIm]);
+  const ulong base = ulong(b) * ulong(n) * ulong(n);
+  const int count = expm::num_slots(d);
+  Coefs cf = expm::kFinal[d];
+  const int passes = Frechet ? 2 : 1;
+  for (int pass = 0; pass < passes; ++pass) {
+    device T* dst = s == 0
+        ? (pass == 0 ? x_all : l_all) + base
+        : matrix_buffer<T>(
+              work, n, batch, Frechet, b, pass * kLargeBuffers + kLargeLeft);
+    large_combination<T>(
+        cf,
+        count,
+        pass == 0,
+        work,
+        n,
+        batch,
+        Frechet,
+        b,
+        pass * kLargeBuffers,
+        dst,
+        tid,
+        group.x);
+    // Each thread rescales the elements it wrote itself.
+    const long nn = long(n) * n;
+    for (int r = 0; r < kElemPerGroup / kElemThreads; ++r) {
+      long idx = long(group.x) * kElemPerGroup + r * kElemThreads + tid;
+      if (idx >= nn) {
+        break;
+      }
+      dst[idx] = factor * dst[idx];
+    }
+  }
+}
+
+template <typename T>
+[[kernel]] void expm_final(
+    device T* x [[buffer(0)]],
+    device char* work [[buffer(1)]],
+    constant int* ints [[buffer(2)]],
+    uint3 tid [[thread_position_in_threadgroup]],
+    uint3 group [[threadgroup_position_in_grid]]) {
+  expm_final_body<T, false>(x, x, work, ints, tid.x, group);
+}
+
+template <typename T>
+[[kernel]] void expm_frechet_final(
+    device T* x [[buffer(0)]],
+    device T* l [[buffer(1)]],
+    device char* work [[buffer(2)]],
+    constant int* ints [[buffer(3)]],
+    uint3 tid [[thread_position_in_threadgroup]],
+    uint3 group [[threadgroup_position_in_grid]]) {
+  expm_final_body<T, true>(x, l, work, ints, tid.x, group);
+}
+
+// Squaring q of the matrices with s > q: Y = X X (and dY = X dX + dX X),
+// ping-ponging between the operand buffers; squaring s - 1 lands in the
+// outputs.
+template <typename T, bool Frechet>
+void expm_square_body(
+    device T* x_all,
+    device T* l_all,
+    device char* work,
+    constant int* ints,
+    threadgroup char* smem,
+    uint tid,
+    uint3 group) {
+  const int n = ints[0];
+  const int batch = ints[1];
+  const int q = ints[2];
+  const int passes = Frechet ? 2 : 1;
+  const int b = int(group.z) / passes;
+  const int pass = int(group.z) % passes;
+  const device float* p = matrix_params(work, b);
+  const int d = int(p[kParamDegree]);
+  const int s = int(p[kParamSquarings]);
+  if (d == expm::kNoAnswer || q >= s) {
+    return;
+  }
+  const ulong base = ulong(b) * ulong(n) * ulong(n);
+  const bool last = q == s - 1;
+  const int from = kLargeLeft + q % 2;
+  const int to = kLargeLeft + (q + 1) % 2;
+  device T* x = matrix_buffer<T>(work, n, batch, Frechet, b, from);
+  if (pass == 0) {
+    device T* y =
+        last ? x_all + base : matrix_buffer<T>(work, n, batch, Frechet, b, to);
+    tile_product<T>(x, x, x, x, 1, n, group.y, group.x, smem, tid, y);
+    return;
+  }
+  device T* dx =
+      matrix_buffer<T>(work, n, batch, Frechet, b, kLargeBuffers + from);
+  device T* dy = last
+      ? l_all + base
+      : matrix_buffer<T>(work, n, batch, Frechet, b, kLargeBuffers + to);
+  tile_product<T>(x, dx, dx, x, 2, n, group.y, group.x, smem, tid, dy);
+}
+
+template <typename T>
+[[kernel]] void expm_square(
+    device T* x [[buffer(0)]],
+    device char* work [[buffer(1)]],
+    constant int* ints [[buffer(2)]],
+    threadgroup char* smem EXPM_THREADGROUP_MEMORY,
+    uint3 tid [[thread_position_in_threadgroup]],
+    uint3 group [[threadgroup_position_in_grid]]) {
+  expm_square_body<T, false>(x, x, work, ints, smem, tid.x, group);
+}
+
+template <typename T>
+[[kernel]] void expm_frechet_square(
+    device T* x [[buffer(0)]],
+    device T* l [[buffer(1)]],
+    device char* work [[buffer(2)]],
+    constant int* ints [[buffer(3)]],
+    threadgroup char* smem EXPM_THREADGROUP_MEMORY,
+    uint3 tid [[thread_position_in_threadgroup]],
+    uint3 group [[threadgroup_position_in_grid]]) {
+  expm_square_body<T, true>(x, l, work, ints, smem, tid.x, group);
+}
+
+} // namespace expm_metal

@@ -1,0 +1,60 @@
+// Sizes and memory layout shared by the Metal kernels (compiled as Metal) and
+// the launch plan (compiled as C++ on the host): both sides must agree on
+// them, so they live in one place.
+#pragma once
+
+namespace expm_metal {
+
+enum : int {
+  // Fused path: one threadgroup per matrix, everything in threadgroup memory.
+  kSmallMaxN = 32, // n * n <= kSmallOwn * kSmallThreads
+  kSmallThreads = 256,
+  kSmallOwn = 4, // outputs per thread, held in registers while a product runs
+  kSmallBuffers = 7, // n x n buffers of one pass (primal, or derivative)
+  kSmallScratchBytes = 320, // column sums of the 1-norms
+
+  // Predicated path: per-matrix parameters, then n x n buffers in Work.
+  kTile = 32, // output tile of the threadgroup GEMM (kTile x kTile)
+  kTileK = 32, // depth of one staged slice of the operands
+  kGemmThreads = 256, // 16 x 16 threads, 2 x 2 outputs each
+  kElemThreads = 256, // threads of the elementwise kernels
+  kElemPerGroup = 1024, // elements one elementwise threadgroup covers
+  kParamWords = 8, // floats of parameters per matrix
+  kParamsThreadgroupBytes = 2 * kElemThreads * 4, // partial sums
+  kParamAlign = 256, // the matrices start at a multiple of this in Work
+  // Buffers per matrix and pass: slots A, P2..P6 (0..5), operands L, R
+  // (6, 7; they double as the squaring ping-pong). The derivative pass has
+  // the same eight after them.
+  kLargeBuffers = 8,
+  kLargeLeft = 6,
+  kLargeRight = 7,
+};
+
+// The per-matrix parameters, stored as floats (the integers are exact).
+enum : int {
+  kParamDegree = 0, // degree index, or expm::kNoAnswer
+  kParamSquarings = 1,
+  kParamShift = 2, // 1 when the trace shift is used
+  kParamMuRe = 3, // mu
+  kParamMuIm = 4,
+  kParamFactorRe = 5, // e^(mu 2^-s)
+  kParamFactorIm = 6,
+};
+
+inline long params_bytes(long batch) {
+  long bytes = batch * kParamWords * 4;
+  return (bytes + kParamAlign - 1) / kParamAlign * kParamAlign;
+}
+
+inline int large_buffers(bool frechet) {
+  return frechet ? 2 * kLargeBuffers : kLargeBuffers;
+}
+
+// Threadgroup bytes of the fused kernel: the scratch, then the buffers.
+inline long small_threadgroup_bytes(int n, int elem_bytes, bool frechet) {
+  long buffers = frechet ? 2 * kSmallBuffers : kSmallBuffers;
+  long bytes = kSmallScratchBytes + buffers * long(n) * n * elem_bytes;
+  return (bytes + 15) / 16 * 16; // Metal wants a multiple of 16
+}
+
+} // namespace expm_metal
