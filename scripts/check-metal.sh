@@ -1,0 +1,234 @@
+#!/usr/bin/env bash
+# Checks of the Metal backend that run on Linux, without a Mac or Apple's
+# Metal compiler. Stages (all by default, or those named on the command line):
+#
+#   host_compile   The host code (csrc/metal, the ops, the bindings) against
+#                  MLX's real macOS headers and metal-cpp from the mlx-metal
+#                  wheel: a clang syntax check, then an arm64 macOS object
+#                  build (zig's clang with its bundled macOS libc and libc++
+#                  headers), whose undefined MLX and metal-cpp symbols must
+#                  all be exported by the wheel's libmlx.dylib.
+#   cmake_metal    Configures CMakeLists.txt against the wheel's MLX CMake
+#                  package (MLX_BUILD_METAL) and checks the build graph: the
+#                  metallib rule over metal/*.metal without fast math, its
+#                  install next to the module, the Metal host code in and the
+#                  no-GPU fallback out.
+#
+# What these cannot see: the .metal files themselves (only Apple's compiler
+# builds them), Metal's runtime rules and limits (pipeline thread limits,
+# threadgroup memory, argument tables), and anything that happens on a GPU.
+# The macOS workflow (.github/workflows/macos.yml) builds and runs all that.
+#
+# Apple system headers that metal-cpp includes (Objective-C runtime,
+# CoreFoundation, ...) come from small stubs in scripts/metal_host_stubs.
+#
+# Needs: clang++-19 and llvm-19 (apt-get install clang-19 llvm-19), a Python
+# with pip (downloads from PyPI: mlx-metal and ziglang wheels, about 150 MB,
+# cached), and for cmake_metal: cmake, nanobind and scipy-openblas32 in it.
+#
+# Usage, from anywhere:  scripts/check-metal.sh [stage ...]
+# Env: PYTHON (default: .venv/bin/python if present, else python3),
+#      METAL_CHECK_CACHE (default ~/.cache/mlx_linalg_ext/metal-check),
+#      CLANGXX (clang++-19), LLVM_NM (llvm-nm-19), LLVM_CXXFILT,
+#      KEEP=1 keeps the objects and build directories.
+set -euo pipefail
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+if [ -z "${PYTHON:-}" ]; then
+  if [ -x "$ROOT/.venv/bin/python" ]; then
+    PYTHON="$ROOT/.venv/bin/python"
+  else
+    PYTHON=python3
+  fi
+fi
+CACHE="${METAL_CHECK_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/mlx_linalg_ext/metal-check}"
+CLANGXX="${CLANGXX:-clang++-19}"
+LLVM_NM="${LLVM_NM:-llvm-nm-19}"
+LLVM_CXXFILT="${LLVM_CXXFILT:-llvm-cxxfilt-19}"
+MLX_VERSION=0.32.4
+ZIG_VERSION=0.17.0
+STUBS="$ROOT/scripts/metal_host_stubs"
+TMPS=()
+cleanup() {
+  if [ "${KEEP:-0}" = 1 ]; then
+    [ ${#TMPS[@]} -eq 0 ] || echo "kept ${TMPS[*]}"
+  else
+    rm -rf "${TMPS[@]}"
+  fi
+}
+trap cleanup EXIT
+
+say() { printf '\n--- %s\n' "$*"; }
+fail() {
+  echo "FAIL: $*" >&2
+  exit 1
+}
+
+# Unpacks a macOS wheel from PyPI into $CACHE/<name> once; prints the dir.
+# (The plain mlx wheel holds Python files and core.so only: the headers,
+# CMake package and libmlx.dylib are in mlx-metal.)
+macos_wheel() {
+  local spec="$1" dir="$CACHE/$2"
+  if [ ! -e "$dir/.done" ]; then
+    rm -rf "$dir" "$dir.dl"
+    mkdir -p "$dir.dl"
+    "$PYTHON" -m pip download -q --no-deps --only-binary=:all: \
+      --platform macosx_14_0_arm64 --python-version 3.12 --implementation cp \
+      "$spec" -d "$dir.dl" >&2
+    "$PYTHON" -m zipfile -e "$dir.dl"/*.whl "$dir"
+    rm -rf "$dir.dl"
+    touch "$dir/.done"
+  fi
+  echo "$dir"
+}
+
+# Zig's clang driver with its macOS headers (Linux x86_64 wheel from PyPI).
+zig_bin() {
+  local dir="$CACHE/zig-$ZIG_VERSION"
+  if [ ! -e "$dir/.done" ]; then
+    rm -rf "$dir" "$dir.dl"
+    mkdir -p "$dir.dl"
+    "$PYTHON" -m pip download -q --no-deps --only-binary=:all: \
+      "ziglang==$ZIG_VERSION" -d "$dir.dl" >&2
+    "$PYTHON" -m zipfile -e "$dir.dl"/*.whl "$dir"
+    chmod +x "$dir/ziglang/zig"
+    rm -rf "$dir.dl"
+    touch "$dir/.done"
+  fi
+  echo "$dir/ziglang/zig"
+}
+
+host_compile() {
+  say "host_compile: Metal host code against MLX $MLX_VERSION's macOS headers"
+  command -v "$CLANGXX" >/dev/null || fail "$CLANGXX not found (apt-get install clang-19)"
+  command -v "$LLVM_NM" >/dev/null || fail "$LLVM_NM not found (apt-get install llvm-19)"
+  [ -e "$ROOT/metal/launch_plan.h" ] || fail "metal/launch_plan.h is missing"
+  local mlx inc
+  mlx="$(macos_wheel "mlx-metal==$MLX_VERSION" "mlx-metal-$MLX_VERSION")/mlx"
+  inc="$mlx/include"
+  [ -e "$inc/mlx/backend/metal/device.h" ] || fail "no MLX Metal headers in $mlx"
+
+  # The flags MLX's CMake package gives an extension on macOS (MLXConfig:
+  # -D_METAL_ -DACCELERATE_NEW_LAPACK, include, metal_cpp), plus this
+  # project's own (CMakeLists.txt: csrc and the root, MLX_LINALG_EXT_GPU).
+  local flags=(-std=c++20 -fblocks -D_METAL_ -DACCELERATE_NEW_LAPACK
+    -DMLX_LINALG_EXT_GPU -I"$STUBS" -I"$inc" -I"$inc/metal_cpp"
+    -I"$ROOT/csrc" -I"$ROOT")
+  # The CPU backend takes its macOS branch (Accelerate) only on the macOS
+  # target: the objects below, not the syntax check.
+  local sources=("$ROOT"/csrc/metal/*.cpp "$ROOT/csrc/matrix_exp.cpp")
+  local objects=("${sources[@]}" "$ROOT/csrc/cpu/matrix_exp.cpp")
+
+  say "clang syntax check (host target)"
+  local nb_inc py_inc
+  nb_inc="$("$PYTHON" -m nanobind --include_dir 2>/dev/null || true)"
+  py_inc="$("$PYTHON" -c 'import sysconfig; print(sysconfig.get_paths()["include"])')"
+  local f
+  for f in "${sources[@]}"; do
+    echo "  ${f#"$ROOT"/}"
+    "$CLANGXX" -fsyntax-only -Wall "${flags[@]}" "$f"
+  done
+  if [ -n "$nb_inc" ] && [ -e "$py_inc/Python.h" ]; then
+    echo "  csrc/bindings.cpp"
+    "$CLANGXX" -fsyntax-only -Wall "${flags[@]}" -I"$nb_inc" -I"$py_inc" \
+      "$ROOT/csrc/bindings.cpp"
+  else
+    fail "nanobind or Python headers not found for csrc/bindings.cpp"
+  fi
+
+  say "arm64 macOS objects (zig c++ -target aarch64-macos.14.0)"
+  local zig obj
+  zig="$(zig_bin)"
+  obj="$(mktemp -d /tmp/mlx-linalg-ext-metal-check.XXXXXX)"
+  TMPS+=("$obj")
+  export ZIG_GLOBAL_CACHE_DIR="$CACHE/zig-cache" ZIG_LOCAL_CACHE_DIR="$CACHE/zig-cache"
+  local i=0
+  for f in "${objects[@]}"; do
+    echo "  ${f#"$ROOT"/}"
+    # -O2 without sanitizers: zig's default debug build adds UBSan calls.
+    "$zig" c++ -target aarch64-macos.14.0-none -O2 -fno-sanitize=all \
+      "${flags[@]}" -c "$f" -o "$obj/$i.o"
+    i=$((i + 1))
+  done
+
+  say "every MLX / metal-cpp symbol the objects use is exported by libmlx.dylib"
+  # (cat: llvm-nm heads each file's list with its name when given several.)
+  "$LLVM_NM" -gU -j "$mlx/lib/libmlx.dylib" | sort -u >"$obj/exported"
+  for f in "$obj"/*.o; do "$LLVM_NM" -gU -j "$f"; done | sort -u >"$obj/defined"
+  for f in "$obj"/*.o; do "$LLVM_NM" -u -j "$f"; done | sort -u |
+    comm -23 - "$obj/defined" >"$obj/undefined"
+  # Mangled and demangled side by side (Mach-O names carry an extra "_").
+  "$LLVM_CXXFILT" --strip-underscore <"$obj/undefined" |
+    paste "$obj/undefined" - >"$obj/named"
+  local ns='^(vtable for |typeinfo for |typeinfo name for )?(mlx::core::|MTL::|NS::|CA::)'
+  awk -F'\t' -v re="$ns" '$2 ~ re' "$obj/named" >"$obj/from_mlx"
+  awk -F'\t' '$2 ~ /mlx_linalg_ext::/' "$obj/named" >"$obj/own"
+  local used missing
+  used="$(wc -l <"$obj/from_mlx")"
+  [ "$used" -gt 10 ] || fail "only $used MLX symbols found: the filter is broken"
+  missing="$(cut -f1 "$obj/from_mlx" | comm -23 - "$obj/exported")"
+  if [ -n "$missing" ]; then
+    echo "Not exported by libmlx.dylib:" >&2
+    echo "$missing" | "$LLVM_CXXFILT" --strip-underscore | sed 's/^/  /' >&2
+    fail "the host code calls MLX symbols that libmlx.dylib does not export"
+  fi
+  if [ -s "$obj/own" ]; then
+    echo "Used but defined nowhere in this project's objects:" >&2
+    cut -f2 "$obj/own" | sed 's/^/  /' >&2
+    fail "undefined mlx_linalg_ext symbols"
+  fi
+  # Only csrc/metal defines these among the objects.
+  "$LLVM_CXXFILT" --strip-underscore <"$obj/defined" >"$obj/defined_names"
+  for f in "MatrixExp::eval_gpu" "ExpmFrechet::eval_gpu" "gpu_active_memory"; do
+    grep -q "^mlx_linalg_ext::$f(" "$obj/defined_names" ||
+      fail "no definition of $f in csrc/metal"
+  done
+  echo "ok: $used MLX / metal-cpp symbols used, all exported by libmlx.dylib"
+}
+
+cmake_metal() {
+  say "cmake_metal: CMakeLists.txt against MLX $MLX_VERSION's macOS CMake package"
+  local mlx build
+  mlx="$(macos_wheel "mlx-metal==$MLX_VERSION" "mlx-metal-$MLX_VERSION")/mlx"
+  build="$(mktemp -d /tmp/mlx-linalg-ext-metal-cmake.XXXXXX)"
+  TMPS+=("$build")
+  local cmake=cmake
+  [ -x "$(dirname "$PYTHON")/cmake" ] && cmake="$(dirname "$PYTHON")/cmake"
+  # Configure only (Linux cannot run xcrun); the macOS MLX package is read
+  # as it is, so MLX_BUILD_METAL comes from it.
+  "$cmake" -S "$ROOT" -B "$build" -G Ninja -DPython_EXECUTABLE="$PYTHON" \
+    -DMLX_DIR="$mlx/share/cmake/MLX" >"$build/configure.log" 2>&1 ||
+    {
+      cat "$build/configure.log" >&2
+      fail "configure"
+    }
+  grep -q "mlx_linalg_ext: Metal kernels ON" "$build/configure.log" ||
+    fail "the Metal block was not selected"
+  local ninja="$build/build.ninja" k
+  for k in "$ROOT"/metal/*.metal; do
+    grep -q "metal .*-c $k" "$ninja" || fail "no Metal compile of ${k#"$ROOT"/}"
+  done
+  grep -q "xcrun -sdk macosx metal.*-fno-fast-math" "$ninja" ||
+    fail "metallib built without -fno-fast-math"
+  grep -q "mlx_linalg_ext.metallib" "$ninja" || fail "no metallib rule"
+  grep -q 'mlx_linalg_ext.metallib" .*DESTINATION.*mlx_linalg_ext\|FILES ".*mlx_linalg_ext.metallib"' \
+    "$build/cmake_install.cmake" || fail "the metallib is not installed"
+  grep -q "csrc/metal/matrix_exp.cpp" "$ninja" || fail "csrc/metal not compiled"
+  grep -q "csrc/no_gpu/matrix_exp.cpp" "$ninja" && fail "no_gpu compiled in a Metal build"
+  grep -q -- "-DMLX_LINALG_EXT_GPU" "$ninja" || fail "MLX_LINALG_EXT_GPU not defined"
+  echo "ok: metallib rule over $(ls "$ROOT"/metal/*.metal | wc -l) kernel file(s), installed with the module"
+}
+
+main() {
+  local stages=("$@")
+  if [ ${#stages[@]} -eq 0 ]; then
+    stages=(host_compile cmake_metal)
+  fi
+  mkdir -p "$CACHE"
+  local s
+  for s in "${stages[@]}"; do
+    "$s"
+  done
+  say "check-metal: all stages passed (${stages[*]})"
+}
+
+main "$@"
