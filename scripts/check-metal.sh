@@ -159,9 +159,11 @@ host_compile() {
   # Mangled and demangled side by side (Mach-O names carry an extra "_").
   "$LLVM_CXXFILT" --strip-underscore <"$obj/undefined" |
     paste "$obj/undefined" - >"$obj/named"
-  local ns='^(vtable for |typeinfo for |typeinfo name for )?(mlx::core::|MTL::|NS::|CA::)'
-  awk -F'\t' -v re="$ns" '$2 ~ re' "$obj/named" >"$obj/from_mlx"
-  awk -F'\t' '$2 ~ /mlx_linalg_ext::/' "$obj/named" >"$obj/own"
+  # MLX's and metal-cpp's by their mangled namespaces (functions, const
+  # members, vtables, typeinfo): mlx::core, MTL, NS, CA.
+  local ns='^__Z(N|NK|TVN|TIN|TSN)(3mlx4core|3MTL|2NS|2CA)[0-9]'
+  awk -F'\t' -v re="$ns" '$1 ~ re' "$obj/named" >"$obj/from_mlx"
+  awk -F'\t' '$1 ~ /^__Z[A-Z]*14mlx_linalg_ext/' "$obj/named" >"$obj/own"
   local used missing
   used="$(wc -l <"$obj/from_mlx")"
   [ "$used" -gt 10 ] || fail "only $used MLX symbols found: the filter is broken"
@@ -194,9 +196,12 @@ cmake_metal() {
   local cmake=cmake
   [ -x "$(dirname "$PYTHON")/cmake" ] && cmake="$(dirname "$PYTHON")/cmake"
   # Configure only (Linux cannot run xcrun); the macOS MLX package is read
-  # as it is, so MLX_BUILD_METAL comes from it.
+  # as it is, so MLX_BUILD_METAL comes from it. MLX_LIBRARY: find_library
+  # looks for .so files on Linux. The deployment target is the macOS
+  # workflow's (MLX's rule passes it to the Metal compiler).
   "$cmake" -S "$ROOT" -B "$build" -G Ninja -DPython_EXECUTABLE="$PYTHON" \
-    -DMLX_DIR="$mlx/share/cmake/MLX" >"$build/configure.log" 2>&1 ||
+    -DMLX_DIR="$mlx/share/cmake/MLX" -DMLX_LIBRARY="$mlx/lib/libmlx.dylib" \
+    -DCMAKE_OSX_DEPLOYMENT_TARGET=14.0 >"$build/configure.log" 2>&1 ||
     {
       cat "$build/configure.log" >&2
       fail "configure"
@@ -209,6 +214,8 @@ cmake_metal() {
   done
   grep -q "xcrun -sdk macosx metal.*-fno-fast-math" "$ninja" ||
     fail "metallib built without -fno-fast-math"
+  grep -q "xcrun -sdk macosx metal.*-mmacosx-version-min=14.0 .*-c " "$ninja" ||
+    fail "kernels not compiled for macOS 14 (Metal 3.1)"
   grep -q "mlx_linalg_ext.metallib" "$ninja" || fail "no metallib rule"
   grep -q 'mlx_linalg_ext.metallib" .*DESTINATION.*mlx_linalg_ext\|FILES ".*mlx_linalg_ext.metallib"' \
     "$build/cmake_install.cmake" || fail "the metallib is not installed"

@@ -7,6 +7,7 @@
 #include <algorithm>
 #include <filesystem>
 #include <limits>
+#include <optional>
 #include <stdexcept>
 #include <string>
 #include <vector>
@@ -46,8 +47,9 @@ size_t max_threadgroup_memory(mx::metal::Device& d) {
 
 // Encodes every dispatch of the plan for A (and E) into X (and L). a, e, x,
 // l are row-contiguous batches of n x n matrices; e and l are null for
-// exp(A) alone.
+// exp(A) alone. op names the op in errors.
 void encode(
+    const char* op,
     const mx::Stream& s,
     const mx::array& a,
     const mx::array* e,
@@ -65,14 +67,18 @@ void encode(
   // The workspace (per-matrix decisions, intermediate products) lives until
   // the command buffer completes. Counted in 4-byte words: an MLX shape is
   // int32.
-  size_t words = std::max<size_t>((plan.work_bytes + 3) / 4, 1);
-  if (words > size_t(std::numeric_limits<int>::max())) {
-    throw std::invalid_argument(
-        "[matrix_exp] The batch needs a workspace above 8 GiB; split it.");
+  std::optional<mx::array> work;
+  if (plan.work_bytes > 0) {
+    size_t words = (plan.work_bytes + 3) / 4;
+    if (words > size_t(std::numeric_limits<int>::max())) {
+      throw std::invalid_argument(
+          std::string("[") + op +
+          "] The batch needs a workspace above 8 GiB; split it.");
+    }
+    work = mx::array({int(words)}, mx::uint32, nullptr, {});
+    work->set_data(mx::allocator::malloc(work->nbytes()));
+    enc.add_temporary(*work);
   }
-  mx::array work({int(words)}, mx::uint32, nullptr, {});
-  work.set_data(mx::allocator::malloc(work.nbytes()));
-  enc.add_temporary(work);
 
   auto lib = d.get_library("mlx_linalg_ext", module_dir());
   for (const auto& step : plan.steps) {
@@ -95,7 +101,7 @@ void encode(
           enc.set_output_array(*l, index);
           break;
         case metal::Arg::Work:
-          enc.set_output_array(work, index);
+          enc.set_output_array(*work, index);
           break;
       }
       ++index;
@@ -119,7 +125,7 @@ void MatrixExp::eval_gpu(const std::vector<mx::array>& inputs, mx::array& out) {
   if (out.size() == 0) {
     return;
   }
-  encode(stream(), inputs[0], nullptr, out, nullptr);
+  encode("matrix_exp", stream(), inputs[0], nullptr, out, nullptr);
 }
 
 void ExpmFrechet::eval_gpu(
@@ -131,7 +137,8 @@ void ExpmFrechet::eval_gpu(
   if (outputs[0].size() == 0) {
     return;
   }
-  encode(stream(), inputs[0], &inputs[1], outputs[0], &outputs[1]);
+  encode(
+      "expm_frechet", stream(), inputs[0], &inputs[1], outputs[0], &outputs[1]);
 }
 
 // Results and workspaces are MLX allocations, which MLX's counters include.
