@@ -23,23 +23,18 @@
 # CoreFoundation, ...) come from small stubs in scripts/metal_host_stubs.
 #
 # Needs: clang++-19 and llvm-19 (apt-get install clang-19 llvm-19), a Python
-# with pip (downloads from PyPI: mlx-metal and ziglang wheels, about 150 MB,
-# cached), and for cmake_metal: cmake, nanobind and scipy-openblas32 in it.
+# 3.10+ with venv and its headers, and PyPI: the mlx-metal and ziglang
+# wheels (about 150 MB) and a tools venv (nanobind, cmake, ninja,
+# scipy-openblas32), all kept in the cache directory.
 #
 # Usage, from anywhere:  scripts/check-metal.sh [stage ...]
-# Env: PYTHON (default: .venv/bin/python if present, else python3),
+# Env: PYTHON (default python3),
 #      METAL_CHECK_CACHE (default ~/.cache/mlx_linalg_ext/metal-check),
 #      CLANGXX (clang++-19), LLVM_NM (llvm-nm-19), LLVM_CXXFILT,
 #      KEEP=1 keeps the objects and build directories.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-if [ -z "${PYTHON:-}" ]; then
-  if [ -x "$ROOT/.venv/bin/python" ]; then
-    PYTHON="$ROOT/.venv/bin/python"
-  else
-    PYTHON=python3
-  fi
-fi
+PYTHON="${PYTHON:-python3}"
 CACHE="${METAL_CHECK_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/mlx_linalg_ext/metal-check}"
 CLANGXX="${CLANGXX:-clang++-19}"
 LLVM_NM="${LLVM_NM:-llvm-nm-19}"
@@ -63,6 +58,19 @@ fail() {
   exit 1
 }
 
+# A venv with the build tools, made once; prints its python.
+tools_python() {
+  local dir="$CACHE/venv-tools"
+  if [ ! -e "$dir/.done" ]; then
+    rm -rf "$dir"
+    "$PYTHON" -m venv "$dir" >&2
+    "$dir/bin/python" -m pip install -q "nanobind>=3,<4" "cmake>=3.27" ninja \
+      "scipy-openblas32>=0.3.27" >&2
+    touch "$dir/.done"
+  fi
+  echo "$dir/bin/python"
+}
+
 # Unpacks a macOS wheel from PyPI into $CACHE/<name> once; prints the dir.
 # (The plain mlx wheel holds Python files and core.so only: the headers,
 # CMake package and libmlx.dylib are in mlx-metal.)
@@ -71,10 +79,10 @@ macos_wheel() {
   if [ ! -e "$dir/.done" ]; then
     rm -rf "$dir" "$dir.dl"
     mkdir -p "$dir.dl"
-    "$PYTHON" -m pip download -q --no-deps --only-binary=:all: \
+    "$(tools_python)" -m pip download -q --no-deps --only-binary=:all: \
       --platform macosx_14_0_arm64 --python-version 3.12 --implementation cp \
       "$spec" -d "$dir.dl" >&2
-    "$PYTHON" -m zipfile -e "$dir.dl"/*.whl "$dir"
+    "$(tools_python)" -m zipfile -e "$dir.dl"/*.whl "$dir"
     rm -rf "$dir.dl"
     touch "$dir/.done"
   fi
@@ -87,9 +95,9 @@ zig_bin() {
   if [ ! -e "$dir/.done" ]; then
     rm -rf "$dir" "$dir.dl"
     mkdir -p "$dir.dl"
-    "$PYTHON" -m pip download -q --no-deps --only-binary=:all: \
+    "$(tools_python)" -m pip download -q --no-deps --only-binary=:all: \
       "ziglang==$ZIG_VERSION" -d "$dir.dl" >&2
-    "$PYTHON" -m zipfile -e "$dir.dl"/*.whl "$dir"
+    "$(tools_python)" -m zipfile -e "$dir.dl"/*.whl "$dir"
     chmod +x "$dir/ziglang/zig"
     rm -rf "$dir.dl"
     touch "$dir/.done"
@@ -119,21 +127,19 @@ host_compile() {
   local objects=("${sources[@]}" "$ROOT/csrc/cpu/matrix_exp.cpp")
 
   say "clang syntax check (host target)"
-  local nb_inc py_inc
-  nb_inc="$("$PYTHON" -m nanobind --include_dir 2>/dev/null || true)"
-  py_inc="$("$PYTHON" -c 'import sysconfig; print(sysconfig.get_paths()["include"])')"
+  local py nb_inc py_inc
+  py="$(tools_python)"
+  nb_inc="$("$py" -m nanobind --include_dir)"
+  py_inc="$("$py" -c 'import sysconfig; print(sysconfig.get_paths()["include"])')"
   local f
   for f in "${sources[@]}"; do
     echo "  ${f#"$ROOT"/}"
     "$CLANGXX" -fsyntax-only -Wall "${flags[@]}" "$f"
   done
-  if [ -n "$nb_inc" ] && [ -e "$py_inc/Python.h" ]; then
-    echo "  csrc/bindings.cpp"
-    "$CLANGXX" -fsyntax-only -Wall "${flags[@]}" -I"$nb_inc" -I"$py_inc" \
-      "$ROOT/csrc/bindings.cpp"
-  else
-    fail "nanobind or Python headers not found for csrc/bindings.cpp"
-  fi
+  [ -e "$py_inc/Python.h" ] || fail "no Python.h for $PYTHON (python3-dev)"
+  echo "  csrc/bindings.cpp"
+  "$CLANGXX" -fsyntax-only -Wall "${flags[@]}" -I"$nb_inc" -I"$py_inc" \
+    "$ROOT/csrc/bindings.cpp"
 
   say "arm64 macOS objects (zig c++ -target aarch64-macos.14.0)"
   local zig obj
@@ -193,13 +199,15 @@ cmake_metal() {
   mlx="$(macos_wheel "mlx-metal==$MLX_VERSION" "mlx-metal-$MLX_VERSION")/mlx"
   build="$(mktemp -d /tmp/mlx-linalg-ext-metal-cmake.XXXXXX)"
   TMPS+=("$build")
-  local cmake=cmake
-  [ -x "$(dirname "$PYTHON")/cmake" ] && cmake="$(dirname "$PYTHON")/cmake"
+  local py bin
+  py="$(tools_python)"
+  bin="$(dirname "$py")"
   # Configure only (Linux cannot run xcrun); the macOS MLX package is read
   # as it is, so MLX_BUILD_METAL comes from it. MLX_LIBRARY: find_library
   # looks for .so files on Linux. The deployment target is the macOS
   # workflow's (MLX's rule passes it to the Metal compiler).
-  "$cmake" -S "$ROOT" -B "$build" -G Ninja -DPython_EXECUTABLE="$PYTHON" \
+  "$bin/cmake" -S "$ROOT" -B "$build" -G Ninja -DPython_EXECUTABLE="$py" \
+    -DCMAKE_MAKE_PROGRAM="$bin/ninja" \
     -DMLX_DIR="$mlx/share/cmake/MLX" -DMLX_LIBRARY="$mlx/lib/libmlx.dylib" \
     -DCMAKE_OSX_DEPLOYMENT_TARGET=14.0 >"$build/configure.log" 2>&1 ||
     {
