@@ -117,10 +117,11 @@ host_compile() {
 
   # The flags MLX's CMake package gives an extension on macOS (MLXConfig:
   # -D_METAL_ -DACCELERATE_NEW_LAPACK, include, metal_cpp), plus this
-  # project's own (CMakeLists.txt: csrc and the root, MLX_LINALG_EXT_GPU).
+  # project's own (CMakeLists.txt: csrc and the root, MLX_LINALG_EXT_GPU and
+  # _METAL).
   local flags=(-std=c++20 -fblocks -D_METAL_ -DACCELERATE_NEW_LAPACK
-    -DMLX_LINALG_EXT_GPU -I"$STUBS" -I"$inc" -I"$inc/metal_cpp"
-    -I"$ROOT/csrc" -I"$ROOT")
+    -DMLX_LINALG_EXT_GPU -DMLX_LINALG_EXT_METAL -I"$STUBS" -I"$inc"
+    -I"$inc/metal_cpp" -I"$ROOT/csrc" -I"$ROOT")
   # The CPU backend takes its macOS branch (Accelerate) only on the macOS
   # target: the objects below, not the syntax check.
   local sources=("$ROOT"/csrc/metal/*.cpp "$ROOT/csrc/matrix_exp.cpp")
@@ -229,7 +230,10 @@ cmake_metal() {
     "$build/cmake_install.cmake" || fail "the metallib is not installed"
   grep -q "csrc/metal/matrix_exp.cpp" "$ninja" || fail "csrc/metal not compiled"
   grep -q "csrc/no_gpu/matrix_exp.cpp" "$ninja" && fail "no_gpu compiled in a Metal build"
-  grep -q -- "-DMLX_LINALG_EXT_GPU" "$ninja" || fail "MLX_LINALG_EXT_GPU not defined"
+  local d
+  for d in MLX_LINALG_EXT_GPU MLX_LINALG_EXT_METAL; do
+    grep -q -- "-D$d\b" "$ninja" || fail "$d not defined"
+  done
   echo "ok: metallib rule over $(ls "$ROOT"/metal/*.metal | wc -l) kernel file(s), installed with the module"
 }
 
