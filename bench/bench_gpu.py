@@ -12,7 +12,13 @@ call + synchronisation (mx.eval / torch.cuda.synchronize /
 block_until_ready / device synchronize), medians after warm-up. Errors are
 normwise relative errors against float64 SciPy on the same inputs.
 
-Usage:  python3 bench/bench_gpu.py [--out results.json] [--reps 30]
+On Metal (MLX's Metal backend, Apple silicon) the comparisons are those that
+exist there: ours and the pure-MLX version on the GPU, SciPy and PyTorch on
+the CPU, and the GEMM unit is one MLX matmul on the GPU. PyTorch's MPS
+backend has no matrix_exp: what it does instead (raises, or falls back to
+the CPU under PYTORCH_ENABLE_MPS_FALLBACK=1) is recorded, not timed as GPU.
+
+Usage:  python3 bench/bench_gpu.py [--out results.json] [--reps 30] [--small]
 """
 
 import argparse
@@ -36,6 +42,8 @@ sys.path.insert(0, HERE)
 import mlx_ops_baseline
 from common import products_needed, random_matrices, rel_err, wide
 
+METAL = mx.metal.is_available()
+
 CASES = [
     # (batch, n, dtype, scale)
     (4096, 8, "float32", 1.0),
@@ -50,6 +58,20 @@ CASES = [
     (4096, 16, "complex64", 1.0),
     (1, 1024, "complex64", 1.0),
 ]
+
+
+# --small (CI smoke run): both Metal paths (one threadgroup per matrix for
+# n <= 32, the predicated GEMM path above), both dtypes; timings mean little.
+SMALL_CASES = [
+    (256, 8, "float32", 1.0),
+    (64, 32, "float32", 1.0),
+    (4, 64, "float32", 1.0),
+    (1, 128, "float32", 1.0),
+    (64, 16, "complex64", 1.0),
+    (1, 64, "complex64", 1.0),
+]
+SMALL_DERIVATIVE_CASES = [(64, 16), (1, 64)]
+DERIVATIVE_CASES = [(4096, 16), (256, 64), (1, 256), (1, 1024)]
 
 
 def make_input(batch, n, dtype, scale, seed=0):
@@ -95,6 +117,14 @@ def bench_torch_frechet(a, e, reps):
     return med, out[1].cpu().numpy()
 
 
+def bench_scipy_frechet(a, e, reps):
+    """scipy.linalg.expm_frechet on the CPU, one matrix at a time."""
+    med, out = time_fn(
+        lambda: [sla.expm_frechet(m, d) for m, d in zip(a, e)], lambda r: None, reps
+    )
+    return med, np.stack([lr for _, lr in out])
+
+
 def mlx_eval_floor(reps=200):
     """End-to-end time of one trivial MLX GPU op (launch + eval + sync)."""
     x = on_gpu(np.ones((16, 16), np.float32))
@@ -129,8 +159,18 @@ def bench_mlx_ops(a, reps):
     return med, np.array(out)
 
 
+def mlx_gemm_ms(n, dtype, reps):
+    """One n x n MLX matmul on the Metal GPU (full float32), the unit of the
+    GEMM limit there."""
+    x = on_gpu(make_input(1, n, dtype, 1.0)[0])
+    med, _ = time_fn(lambda: mx.matmul(x, x, stream=mx.gpu), mx.eval, reps)
+    return med
+
+
 def torch_gemm_ms(n, dtype, reps):
     """One n x n cuBLAS GEMM, FP32 (TF32 off), the unit of the GEMM limit."""
+    if METAL:
+        return mlx_gemm_ms(n, dtype, reps)
     import torch
 
     torch.backends.cuda.matmul.allow_tf32 = False
@@ -170,6 +210,56 @@ def bench_torch(a, reps):
     return med, out.cpu().numpy()
 
 
+def bench_scipy_cpu(a, reps):
+    """scipy.linalg.expm on the CPU, the whole stack in one call."""
+    med, out = time_fn(lambda: sla.expm(a), lambda y: None, reps)
+    return med, out
+
+
+def bench_torch_cpu(a, reps):
+    import torch
+
+    x = torch.from_numpy(a)
+    med, out = time_fn(lambda: torch.linalg.matrix_exp(x), lambda y: None, reps)
+    return med, out.numpy()
+
+
+def torch_mps_matrix_exp():
+    """What torch.linalg.matrix_exp does on an MPS tensor: "no torch", "no
+    MPS device", "raises ...", "falls back to the CPU ...", or "runs on mps"
+    (then bench_torch_mps times it)."""
+    import warnings
+
+    try:
+        import torch
+    except ImportError:
+        return "no torch"
+    if not torch.backends.mps.is_available():
+        return "no MPS device"
+    x = torch.eye(4, device="mps")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            y = torch.linalg.matrix_exp(x)
+            torch.mps.synchronize()
+        except Exception as exc:  # noqa: BLE001
+            return f"raises {type(exc).__name__}: {exc}"[:300]
+    fallback = [str(w.message) for w in caught if "fall back" in str(w.message)]
+    if fallback or y.device.type != "mps":
+        return f"falls back to the CPU: {fallback[0] if fallback else y.device}"[:300]
+    return "runs on mps"
+
+
+def bench_torch_mps(a, reps):
+    import torch
+
+    x = torch.from_numpy(a).to("mps")
+    med, out = time_fn(
+        lambda: torch.linalg.matrix_exp(x), lambda y: torch.mps.synchronize(), reps
+    )
+    return med, out.cpu().numpy()
+
+
 def bench_jax(a, reps):
     import jax
     import jax.scipy.linalg as jsl
@@ -202,39 +292,62 @@ def main():
     p.add_argument("--cases", default=None, help="comma list like 4096x16,1x1024")
     p.add_argument("--no-frechet", action="store_true")
     p.add_argument(
+        "--small",
+        action="store_true",
+        help="small cases and few repetitions (CI smoke run)",
+    )
+    p.add_argument(
         "--reverse",
         action="store_true",
         help="run the cases in reverse order (what runs before a case moves it)",
     )
     args = p.parse_args()
-    frameworks = {
-        "mlx_linalg_ext": bench_mlx,
-        "mlx_ops": bench_mlx_ops,
-        "torch": bench_torch,
-        "jax": bench_jax,
-        "cupy": bench_cupy,
-    }
+    if args.small:
+        args.reps = min(args.reps, 5)
+    info = {"platform": platform.platform(), "mlx": mx.__version__}
+    if METAL:
+        frameworks = {
+            "mlx_linalg_ext": bench_mlx,
+            "mlx_ops": bench_mlx_ops,
+            "scipy_cpu": bench_scipy_cpu,
+            "torch_cpu": bench_torch_cpu,
+        }
+        info["backend"] = "metal"
+        info["gpu"] = mx.device_info().get("device_name", "?")
+        info["torch_mps_matrix_exp"] = torch_mps_matrix_exp()
+        if info["torch_mps_matrix_exp"] == "runs on mps":
+            frameworks["torch_mps"] = bench_torch_mps
+    else:
+        frameworks = {
+            "mlx_linalg_ext": bench_mlx,
+            "mlx_ops": bench_mlx_ops,
+            "torch": bench_torch,
+            "jax": bench_jax,
+            "cupy": bench_cupy,
+        }
+        try:
+            import torch
+
+            info["gpu"] = torch.cuda.get_device_name(0)
+            info["torch"] = torch.__version__
+        except Exception as exc:  # noqa: BLE001
+            info["gpu"] = f"? ({exc})"
     if args.only:
         frameworks = {k: v for k, v in frameworks.items() if k in args.only.split(",")}
-    info = {"platform": platform.platform(), "mlx": mx.__version__}
-    try:
-        import torch
-
-        info["gpu"] = torch.cuda.get_device_name(0)
-        info["torch"] = torch.__version__
-    except Exception as exc:  # noqa: BLE001
-        info["gpu"] = f"? ({exc})"
     info["mlx_eval_floor_ms"] = mlx_eval_floor()
     info["env_small_max"] = os.environ.get("MLX_LINALG_EXT_CUDA_SMALL_MAX")
     print(
         f"GPU: {info['gpu']}; one trivial MLX op end-to-end: "
         f"{info['mlx_eval_floor_ms']:.3f} ms"
     )
+    if METAL:
+        print(f"torch.linalg.matrix_exp on MPS: {info['torch_mps_matrix_exp']}")
     rows = []
-    cases = CASES
+    cases = SMALL_CASES if args.small else CASES
+    derivative_cases = SMALL_DERIVATIVE_CASES if args.small else DERIVATIVE_CASES
     if args.cases:
         want = set(args.cases.split(","))
-        cases = [c for c in CASES if f"{c[0]}x{c[1]}" in want]
+        cases = [c for c in cases if f"{c[0]}x{c[1]}" in want]
     if args.reverse:
         cases = cases[::-1]
     for batch, n, dtype, scale in cases:
@@ -263,7 +376,7 @@ def main():
         print(json.dumps(row), flush=True)
     frows = []
     if not args.no_frechet and (not args.only or "frechet" in args.only):
-        for batch, n in [(4096, 16), (256, 64), (1, 256), (1, 1024)]:
+        for batch, n in derivative_cases:
             if args.cases and f"{batch}x{n}" not in set(args.cases.split(",")):
                 continue
             a = make_input(batch, n, "float32", 1.0)
@@ -279,7 +392,9 @@ def main():
             row = {"batch": batch, "n": n, "dtype": "float32", "op": "frechet"}
             for name, fn in [
                 ("mlx_linalg_ext", bench_mlx_frechet),
-                ("torch", bench_torch_frechet),
+                ("scipy_cpu", bench_scipy_frechet)
+                if METAL
+                else ("torch", bench_torch_frechet),
             ]:
                 try:
                     med, out = fn(a, e, max(5, args.reps // 2))
@@ -290,7 +405,7 @@ def main():
             print(json.dumps(row), flush=True)
     vrows = []
     if not args.no_frechet and (not args.only or "vjp" in args.only):
-        for batch, n in [(4096, 16), (256, 64), (1, 256), (1, 1024)]:
+        for batch, n in derivative_cases:
             if args.cases and f"{batch}x{n}" not in set(args.cases.split(",")):
                 continue
             a = make_input(batch, n, "float32", 1.0)
@@ -302,7 +417,7 @@ def main():
     result = {"info": info, "rows": rows, "frechet_rows": frows, "vjp_rows": vrows}
     out = args.out or os.path.join(
         os.environ.get("OUT", os.path.join(os.path.dirname(__file__), "results")),
-        "bench_gpu.json",
+        "bench_gpu_metal.json" if METAL else "bench_gpu.json",
     )
     os.makedirs(os.path.dirname(out), exist_ok=True)
     with open(out, "w") as f:
@@ -337,7 +452,7 @@ def main():
     for r in frows:
         case = f"L(A,E) {r['batch']}x{r['n']}x{r['n']}"
         cells = []
-        for k in ("mlx_linalg_ext", "torch"):
+        for k in ("mlx_linalg_ext", "scipy_cpu" if METAL else "torch"):
             v = r.get(k, {})
             cells.append(
                 f"{v['ms']:9.3f} ({v['relerr']:.1e})".rjust(22)
