@@ -147,6 +147,42 @@ inline int small_destination(
   return take_buffer(used);
 }
 
+// The entries this thread owns (tid + r * threads) of L R, and with the
+// derivative dL R + L dR, into registers: a product may then overwrite its
+// operands once every thread is done reading them. A squaring is L = R = X,
+// dL = dR = dX.
+template <typename T, bool Frechet>
+void small_product(
+    const threadgroup T* lb,
+    const threadgroup T* rb,
+    const threadgroup T* dlb,
+    const threadgroup T* drb,
+    int n,
+    uint tid,
+    uint threads,
+    thread T* p,
+    thread T* dp) {
+  const int nn = n * n;
+  for (int r = 0; r < kSmallOwn; ++r) {
+    int idx = int(tid) + r * int(threads);
+    if (idx < nn) {
+      int i = idx / n;
+      int j = idx % n;
+      T acc = Elem<T>::make(0.0f, 0.0f);
+      T dacc = acc;
+      for (int m = 0; m < n; ++m) {
+        acc = mul_add(lb[i * n + m], rb[m * n + j], acc);
+        if (Frechet) {
+          dacc = mul_add(dlb[i * n + m], rb[m * n + j], dacc);
+          dacc = mul_add(lb[i * n + m], drb[m * n + j], dacc);
+        }
+      }
+      p[r] = acc;
+      dp[r] = dacc;
+    }
+  }
+}
+
 template <typename T, bool Frechet>
 void expm_small_body(
     const device T* a_all,
@@ -167,12 +203,13 @@ void expm_small_body(
   threadgroup T* bufs = (threadgroup T*)(smem + kSmallScratchBytes);
   threadgroup T* dbufs = bufs + kSmallBuffers * nn;
 
-  // mu = tr(A) / n, formed by every thread in the same order (same value).
-  T trace = Elem<T>::make(0.0f, 0.0f);
+  // mu = tr(A) / n, formed by every thread in the same order (same value),
+  // as the sum of a_ii / n: Metal has no double, and a float trace of huge
+  // diagonal entries would overflow and lose the shift.
+  T mu = Elem<T>::make(0.0f, 0.0f);
   for (int i = 0; i < n; ++i) {
-    trace = trace + a[i * n + i];
+    mu = mu + a[i * n + i] / float(n);
   }
-  T mu = trace / float(n);
   if (int(tid) < n) {
     int j = int(tid);
     float c = 0.0f;
@@ -262,24 +299,7 @@ void expm_small_body(
     const threadgroup T* rb = bufs + rq * nn;
     const threadgroup T* dlb = dbufs + dlq * nn;
     const threadgroup T* drb = dbufs + drq * nn;
-    for (int r = 0; r < kSmallOwn; ++r) {
-      int idx = int(tid) + r * int(threads);
-      if (idx < nn) {
-        int i = idx / n;
-        int j = idx % n;
-        T acc = Elem<T>::make(0.0f, 0.0f);
-        T dacc = acc;
-        for (int m = 0; m < n; ++m) {
-          acc = mul_add(lb[i * n + m], rb[m * n + j], acc);
-          if (Frechet) {
-            dacc = mul_add(dlb[i * n + m], rb[m * n + j], dacc);
-            dacc = mul_add(lb[i * n + m], drb[m * n + j], dacc);
-          }
-        }
-        p[r] = acc;
-        dp[r] = dacc;
-      }
-    }
+    small_product<T, Frechet>(lb, rb, dlb, drb, n, tid, threads, p, dp);
     threadgroup_barrier(mem_flags::mem_threadgroup);
 
     int pq = small_destination(used, lq, ls, rq, rs);
@@ -346,24 +366,7 @@ void expm_small_body(
     const bool last = q == s - 1;
     T y[kSmallOwn];
     T dy[kSmallOwn];
-    for (int r = 0; r < kSmallOwn; ++r) {
-      int idx = int(tid) + r * int(threads);
-      if (idx < nn) {
-        int i = idx / n;
-        int j = idx % n;
-        T acc = Elem<T>::make(0.0f, 0.0f);
-        T dacc = acc;
-        for (int m = 0; m < n; ++m) {
-          acc = mul_add(xb[i * n + m], xb[m * n + j], acc);
-          if (Frechet) {
-            dacc = mul_add(xb[i * n + m], dxb[m * n + j], dacc);
-            dacc = mul_add(dxb[i * n + m], xb[m * n + j], dacc);
-          }
-        }
-        y[r] = acc;
-        dy[r] = dacc;
-      }
-    }
+    small_product<T, Frechet>(xb, xb, dxb, dxb, n, tid, threads, y, dy);
     if (!last) {
       threadgroup_barrier(mem_flags::mem_threadgroup);
     }
@@ -469,20 +472,21 @@ template <typename T>
   threadgroup float* part = (threadgroup float*)smem;
   threadgroup float* part2 = part + threads;
 
-  T trace = Elem<T>::make(0.0f, 0.0f);
+  // mu = sum of a_ii / n (no float overflow of the trace; see above).
+  T partial = Elem<T>::make(0.0f, 0.0f);
   for (int i = tid; i < n; i += threads) {
-    trace = trace + a[long(i) * n + i];
+    partial = partial + a[long(i) * n + i] / float(n);
   }
-  part[tid] = Elem<T>::re(trace);
-  part2[tid] = Elem<T>::im(trace);
+  part[tid] = Elem<T>::re(partial);
+  part2[tid] = Elem<T>::im(partial);
   threadgroup_barrier(mem_flags::mem_threadgroup);
-  float tr_re = 0.0f;
-  float tr_im = 0.0f;
+  float mu_re = 0.0f;
+  float mu_im = 0.0f;
   for (int t = 0; t < threads; ++t) {
-    tr_re += part[t];
-    tr_im += part2[t];
+    mu_re += part[t];
+    mu_im += part2[t];
   }
-  const T mu = Elem<T>::make(tr_re, tr_im) / float(n);
+  const T mu = Elem<T>::make(mu_re, mu_im);
   threadgroup_barrier(mem_flags::mem_threadgroup);
 
   // Thread tid sums the columns tid, tid + threads, ...: a row's elements
