@@ -1,5 +1,5 @@
 // The ops matrix_exp / expm_frechet and the transforms of their primitives.
-// Backend code lives in csrc/cpu, csrc/cuda and metal/.
+// Backend code lives in csrc/cpu, csrc/cuda and csrc/metal (kernels in metal/).
 #include "matrix_exp.h"
 
 #include <optional>
