@@ -61,7 +61,8 @@ def _bands(a):
         a = a.astype(mx.float32)
     norm = mx.max(mx.sum(mx.abs(a), axis=-2), axis=-1)
     mu = mx.sum(mx.diagonal(a, axis1=-2, axis2=-1), axis=-1) / n
-    shifted = a - mu[..., None, None] * mx.eye(n, dtype=a.dtype)
+    # A real identity: MLX's GPU scatter (behind mx.eye) has no complex64.
+    shifted = a - mu[..., None, None] * mx.eye(n, dtype=mx.float32)
     snorm = mx.max(mx.sum(mx.abs(shifted), axis=-2), axis=-1)
     nu = mx.where(snorm < norm, snorm, norm)
     deg = sum((nu > t).astype(mx.int32) for t in THETA32[:-1])
