@@ -25,8 +25,8 @@
 
 namespace expm_metal {
 
-// One thread's matrix: its buffers start at word `tid` of each buffer row; A
-// and E are staged in buffer 0 of each pass, where the results go too.
+// One thread's matrix: its buffers start at element `tid` of each buffer
+// row; A and E are staged in buffer 0 of each pass, where the results go too.
 template <typename T, int S>
 struct TinyMatrix {
   int n;
@@ -90,11 +90,15 @@ void expm_tiny_body(
   const int count = batch - first < M ? batch - first : M;
   const ulong base = ulong(first) * ulong(nn);
 
+  // Through a register: no copy of the complex struct between two memory
+  // address spaces (the fused kernel has none either).
   for (int g = int(tid); g < count * nn; g += M) {
     const int at = (g % nn) * S + g / nn;
-    bufs[at] = a_all[base + g];
+    T v = a_all[base + g];
+    bufs[at] = v;
     if (Frechet) {
-      dbufs[at] = e_all[base + g];
+      T w = e_all[base + g];
+      dbufs[at] = w;
     }
   }
   threadgroup_barrier(mem_flags::mem_threadgroup);
@@ -105,9 +109,11 @@ void expm_tiny_body(
   threadgroup_barrier(mem_flags::mem_threadgroup);
   for (int g = int(tid); g < count * nn; g += M) {
     const int at = (g % nn) * S + g / nn;
-    x_all[base + g] = bufs[at];
+    T v = bufs[at];
+    x_all[base + g] = v;
     if (Frechet) {
-      l_all[base + g] = dbufs[at];
+      T w = dbufs[at];
+      l_all[base + g] = w;
     }
   }
 }
