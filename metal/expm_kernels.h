@@ -45,12 +45,34 @@ inline float nan_max(float m, float x) {
 }
 
 // ---------------------------------------------------------------------------
-// Fused path: one threadgroup per matrix (n <= kSmallMaxN). The matrix, its
-// products and the operands live in threadgroup memory; each thread owns the
-// elements tid + q * threads (q < kSmallOwn) of every result and keeps them
-// in registers while a product reads its operands, so that a product may
-// overwrite one of them and the squarings run in place.
+// The evaluator of one matrix in threadgroup memory: norms, decision, product
+// program, factor and squarings. Two paths run it:
+// - fused (expm_small below): one threadgroup per matrix (n <= kSmallMaxN);
+//   its threads share the elements and meet at barriers between the steps;
+// - tiny (expm_tiny.h): one thread per matrix (n <= kTinyMaxN), many
+//   matrices per threadgroup, no barrier inside the evaluation.
+// A view V says what differs (SmallMatrix, TinyMatrix):
+//   n, bufs, dbufs    the order and the buffers of the primal and derivative
+//                     passes, kSmallBuffers n x n buffers each
+//   owned(r)          the element a thread computes in its r-th register (r <
+//                     Own; those >= n * n are skipped)
+//   a_at, e_at        elements of A and E
+//   norms             the 1-norms of A and A - mu I
+//   barrier           between one step's writes and the next step's reads
+//   store             the results
+// Element idx of buffer q sits at bufs[(q * n * n + idx) * S]: S = 1 for one
+// matrix per threadgroup; S > 1 interleaves the matrices of a threadgroup so
+// that its threads, one per matrix, read consecutive words.
 // ---------------------------------------------------------------------------
+
+// Full unrolling of the loops over a thread's registers: a register array
+// indexed by a loop counter would otherwise live in (device-backed) thread
+// memory. Only Metal's compiler is asked; the emulator needs no registers.
+#if defined(__METAL__)
+#define EXPM_UNROLL _Pragma("clang loop unroll(full)")
+#else
+#define EXPM_UNROLL
+#endif
 
 // The buffers of one pass (primal or derivative) are handed out from a bit
 // mask. Every thread runs the same bookkeeping on the same decision, so all
@@ -70,9 +92,27 @@ inline void free_buffer(thread uint& used, int q) {
   used &= ~(1u << q);
 }
 
+// The sums of |a_ij| over column j of A and of A - mu I.
+template <typename T, typename V>
+void column_sums(
+    thread const V& v,
+    int j,
+    T mu,
+    thread float& c,
+    thread float& cs) {
+  const int n = v.n;
+  c = 0.0f;
+  cs = 0.0f;
+  for (int i = 0; i < n; ++i) {
+    T x = v.a_at(i * n + j);
+    c += Elem<T>::magnitude(x);
+    cs += Elem<T>::magnitude(i == j ? x - mu : x);
+  }
+}
+
 // sum_j c[j] slot_j at element idx (row i, column j) for 1 <= j < count, plus
 // c[0] on the diagonal when the identity takes part (the primal pass).
-template <typename T>
+template <int S, typename T>
 T small_combination_at(
     Coefs c,
     int count,
@@ -86,7 +126,7 @@ T small_combination_at(
   T v = Elem<T>::make(0.0f, 0.0f);
   for (int j = 1; j < count; ++j) {
     if (c[j] != 0.0f) {
-      v = v + c[j] * bufs[slot[j] * nn + idx];
+      v = v + c[j] * bufs[(slot[j] * nn + idx) * S];
     }
   }
   if (identity && diagonal) {
@@ -98,7 +138,7 @@ T small_combination_at(
 // The operand sum_j c[j] slot_j of a product: the slot's buffer where the
 // combination is one slot on its own, else a fresh buffer that this call
 // fills (the caller's barrier publishes it). *scratch says which.
-template <typename T>
+template <int Own, int S, typename T, typename V>
 int small_operand(
     Coefs c,
     int count,
@@ -106,9 +146,7 @@ int small_operand(
     threadgroup T* bufs,
     thread uint& used,
     bool identity,
-    int n,
-    uint tid,
-    uint threads,
+    thread const V& v,
     thread bool& scratch) {
   int lone = expm::lone_slot(c, count, identity);
   scratch = lone < 1;
@@ -116,11 +154,13 @@ int small_operand(
     return slot[lone];
   }
   int q = take_buffer(used);
-  int nn = n * n;
-  for (int r = 0; r < kSmallOwn; ++r) {
-    int idx = int(tid) + r * int(threads);
+  const int n = v.n;
+  const int nn = n * n;
+  EXPM_UNROLL
+  for (int r = 0; r < Own; ++r) {
+    int idx = v.owned(r);
     if (idx < nn) {
-      bufs[q * nn + idx] = small_combination_at(
+      bufs[(q * nn + idx) * S] = small_combination_at<S>(
           c, count, slot, bufs, nn, idx, idx / n == idx % n, identity);
     }
   }
@@ -147,34 +187,35 @@ inline int small_destination(
   return take_buffer(used);
 }
 
-// The entries this thread owns (tid + r * threads) of L R, and with the
-// derivative dL R + L dR, into registers: a product may then overwrite its
-// operands once every thread is done reading them. A squaring is L = R = X,
-// dL = dR = dX.
-template <typename T, bool Frechet>
+// The entries this thread owns of L R, and with the derivative dL R + L dR,
+// into registers: a product may then overwrite its operands once every
+// thread is done reading them. A squaring is L = R = X, dL = dR = dX.
+template <bool Frechet, int Own, int S, typename T, typename V>
 void small_product(
+    thread const V& v,
     const threadgroup T* lb,
     const threadgroup T* rb,
     const threadgroup T* dlb,
     const threadgroup T* drb,
-    int n,
-    uint tid,
-    uint threads,
     thread T* p,
     thread T* dp) {
+  const int n = v.n;
   const int nn = n * n;
-  for (int r = 0; r < kSmallOwn; ++r) {
-    int idx = int(tid) + r * int(threads);
+  EXPM_UNROLL
+  for (int r = 0; r < Own; ++r) {
+    int idx = v.owned(r);
     if (idx < nn) {
       int i = idx / n;
       int j = idx % n;
       T acc = Elem<T>::make(0.0f, 0.0f);
       T dacc = acc;
       for (int m = 0; m < n; ++m) {
-        acc = mul_add(lb[i * n + m], rb[m * n + j], acc);
+        T l = lb[(i * n + m) * S];
+        T rt = rb[(m * n + j) * S];
+        acc = mul_add(l, rt, acc);
         if (Frechet) {
-          dacc = mul_add(dlb[i * n + m], rb[m * n + j], dacc);
-          dacc = mul_add(lb[i * n + m], drb[m * n + j], dacc);
+          dacc = mul_add(dlb[(i * n + m) * S], rt, dacc);
+          dacc = mul_add(l, drb[(m * n + j) * S], dacc);
         }
       }
       p[r] = acc;
@@ -183,63 +224,33 @@ void small_product(
   }
 }
 
-template <typename T, bool Frechet>
-void expm_small_body(
-    const device T* a_all,
-    const device T* e_all,
-    device T* x_all,
-    device T* l_all,
-    int n,
-    threadgroup char* smem,
-    uint tid,
-    uint threads,
-    uint group) {
+// The whole evaluation of the view's matrix; see the top of this section.
+template <typename T, bool Frechet, int Own, int S, typename V>
+void expm_program(thread const V& v) {
+  const int n = v.n;
   const int nn = n * n;
-  const ulong base = ulong(group) * ulong(nn);
-  const device T* a = a_all + base;
-  device T* x_out = x_all + base;
-  threadgroup float* colsum = (threadgroup float*)smem;
-  threadgroup float* colsum_shifted = colsum + kSmallMaxN;
-  threadgroup T* bufs = (threadgroup T*)(smem + kSmallScratchBytes);
-  threadgroup T* dbufs = bufs + kSmallBuffers * nn;
+  threadgroup T* bufs = v.bufs;
+  threadgroup T* dbufs = v.dbufs;
 
   // mu = tr(A) / n, formed by every thread in the same order (same value),
   // as the sum of a_ii / n: Metal has no double, and a float trace of huge
   // diagonal entries would overflow and lose the shift.
   T mu = Elem<T>::make(0.0f, 0.0f);
   for (int i = 0; i < n; ++i) {
-    mu = mu + a[i * n + i] / float(n);
+    mu = mu + v.a_at(i * n + i) / float(n);
   }
-  if (int(tid) < n) {
-    int j = int(tid);
-    float c = 0.0f;
-    float cs = 0.0f;
-    for (int i = 0; i < n; ++i) {
-      T v = a[i * n + j];
-      c += Elem<T>::magnitude(v);
-      cs += Elem<T>::magnitude(i == j ? v - mu : v);
-    }
-    colsum[j] = c;
-    colsum_shifted[j] = cs;
-  }
-  threadgroup_barrier(mem_flags::mem_threadgroup);
-  float norm = 0.0f;
-  float shifted_norm = 0.0f;
-  for (int j = 0; j < n; ++j) {
-    norm = nan_max(norm, colsum[j]);
-    shifted_norm = nan_max(shifted_norm, colsum_shifted[j]);
-  }
+  float norm;
+  float shifted_norm;
+  v.norms(mu, norm, shifted_norm);
   const expm::Decision dec = expm::decide(norm, shifted_norm, expm::kSingle);
 
   if (dec.degree == expm::kNoAnswer) {
     T nan_value = Elem<T>::make(NAN, NAN);
-    for (int r = 0; r < kSmallOwn; ++r) {
-      int idx = int(tid) + r * int(threads);
+    EXPM_UNROLL
+    for (int r = 0; r < Own; ++r) {
+      int idx = v.owned(r);
       if (idx < nn) {
-        x_out[idx] = nan_value;
-        if (Frechet) {
-          l_all[base + idx] = nan_value;
-        }
+        v.store(idx, nan_value, nan_value, Frechet);
       }
     }
     return;
@@ -258,20 +269,21 @@ void expm_small_body(
   int dslot[expm::kMaxSlots];
   slot[1] = take_buffer(used);
   dslot[1] = Frechet ? take_buffer(dused) : 0;
-  for (int r = 0; r < kSmallOwn; ++r) {
-    int idx = int(tid) + r * int(threads);
+  EXPM_UNROLL
+  for (int r = 0; r < Own; ++r) {
+    int idx = v.owned(r);
     if (idx < nn) {
-      T v = a[idx];
+      T x = v.a_at(idx);
       if (idx / n == idx % n) {
-        v = v - mu;
+        x = x - mu;
       }
-      bufs[slot[1] * nn + idx] = scale * v;
+      bufs[(slot[1] * nn + idx) * S] = scale * x;
       if (Frechet) {
-        dbufs[dslot[1] * nn + idx] = scale * e_all[base + idx];
+        dbufs[(dslot[1] * nn + idx) * S] = scale * v.e_at(idx);
       }
     }
   }
-  threadgroup_barrier(mem_flags::mem_threadgroup);
+  v.barrier();
 
   for (int k = 0; k < expm::kNumProducts[d]; ++k) {
     const int step = expm::kFirstStep[d] + k;
@@ -279,28 +291,29 @@ void expm_small_body(
     Coefs cl = expm::kStepLeft[step];
     Coefs cr = expm::kStepRight[step];
     bool ls, rs, dls = false, drs = false;
-    int lq =
-        small_operand(cl, count, slot, bufs, used, true, n, tid, threads, ls);
-    int rq =
-        small_operand(cr, count, slot, bufs, used, true, n, tid, threads, rs);
+    int lq = small_operand<Own, S>(cl, count, slot, bufs, used, true, v, ls);
+    int rq = small_operand<Own, S>(cr, count, slot, bufs, used, true, v, rs);
     int dlq = 0;
     int drq = 0;
     if (Frechet) {
-      dlq = small_operand(
-          cl, count, dslot, dbufs, dused, false, n, tid, threads, dls);
-      drq = small_operand(
-          cr, count, dslot, dbufs, dused, false, n, tid, threads, drs);
+      dlq =
+          small_operand<Own, S>(cl, count, dslot, dbufs, dused, false, v, dls);
+      drq =
+          small_operand<Own, S>(cr, count, dslot, dbufs, dused, false, v, drs);
     }
-    threadgroup_barrier(mem_flags::mem_threadgroup);
+    v.barrier();
 
-    T p[kSmallOwn];
-    T dp[kSmallOwn];
-    const threadgroup T* lb = bufs + lq * nn;
-    const threadgroup T* rb = bufs + rq * nn;
-    const threadgroup T* dlb = dbufs + dlq * nn;
-    const threadgroup T* drb = dbufs + drq * nn;
-    small_product<T, Frechet>(lb, rb, dlb, drb, n, tid, threads, p, dp);
-    threadgroup_barrier(mem_flags::mem_threadgroup);
+    T p[Own];
+    T dp[Own];
+    small_product<Frechet, Own, S>(
+        v,
+        bufs + lq * nn * S,
+        bufs + rq * nn * S,
+        dbufs + dlq * nn * S,
+        dbufs + drq * nn * S,
+        p,
+        dp);
+    v.barrier();
 
     int pq = small_destination(used, lq, ls, rq, rs);
     slot[2 + k] = pq;
@@ -309,16 +322,17 @@ void expm_small_body(
       dpq = small_destination(dused, dlq, dls, drq, drs);
       dslot[2 + k] = dpq;
     }
-    for (int r = 0; r < kSmallOwn; ++r) {
-      int idx = int(tid) + r * int(threads);
+    EXPM_UNROLL
+    for (int r = 0; r < Own; ++r) {
+      int idx = v.owned(r);
       if (idx < nn) {
-        bufs[pq * nn + idx] = p[r];
+        bufs[(pq * nn + idx) * S] = p[r];
         if (Frechet) {
-          dbufs[dpq * nn + idx] = dp[r];
+          dbufs[(dpq * nn + idx) * S] = dp[r];
         }
       }
     }
-    threadgroup_barrier(mem_flags::mem_threadgroup);
+    v.barrier();
   }
 
   // The approximant times e^(mu 2^-s) (the squarings then stay in the range
@@ -330,29 +344,28 @@ void expm_small_body(
   Coefs cf = expm::kFinal[d];
   const int xq = take_buffer(used);
   const int dxq = Frechet ? take_buffer(dused) : 0;
-  threadgroup T* xb = bufs + xq * nn;
-  threadgroup T* dxb = dbufs + dxq * nn;
-  for (int r = 0; r < kSmallOwn; ++r) {
-    int idx = int(tid) + r * int(threads);
+  threadgroup T* xb = bufs + xq * nn * S;
+  threadgroup T* dxb = dbufs + dxq * nn * S;
+  EXPM_UNROLL
+  for (int r = 0; r < Own; ++r) {
+    int idx = v.owned(r);
     if (idx < nn) {
       bool diagonal = idx / n == idx % n;
-      T v = factor *
-          small_combination_at(cf, count, slot, bufs, nn, idx, diagonal, true);
-      T dv = v;
+      T x = factor *
+          small_combination_at<S>(
+                cf, count, slot, bufs, nn, idx, diagonal, true);
+      T dx = x;
       if (Frechet) {
-        dv = factor *
-            small_combination_at(
+        dx = factor *
+            small_combination_at<S>(
                  cf, count, dslot, dbufs, nn, idx, diagonal, false);
       }
       if (s == 0) {
-        x_out[idx] = v;
-        if (Frechet) {
-          l_all[base + idx] = dv;
-        }
+        v.store(idx, x, dx, Frechet);
       } else {
-        xb[idx] = v;
+        xb[idx * S] = x;
         if (Frechet) {
-          dxb[idx] = dv;
+          dxb[idx * S] = dx;
         }
       }
     }
@@ -360,36 +373,116 @@ void expm_small_body(
   if (s == 0) {
     return;
   }
-  threadgroup_barrier(mem_flags::mem_threadgroup);
+  v.barrier();
 
   for (int q = 0; q < s; ++q) {
     const bool last = q == s - 1;
-    T y[kSmallOwn];
-    T dy[kSmallOwn];
-    small_product<T, Frechet>(xb, xb, dxb, dxb, n, tid, threads, y, dy);
+    T y[Own];
+    T dy[Own];
+    small_product<Frechet, Own, S>(v, xb, xb, dxb, dxb, y, dy);
     if (!last) {
-      threadgroup_barrier(mem_flags::mem_threadgroup);
+      v.barrier();
     }
-    for (int r = 0; r < kSmallOwn; ++r) {
-      int idx = int(tid) + r * int(threads);
+    EXPM_UNROLL
+    for (int r = 0; r < Own; ++r) {
+      int idx = v.owned(r);
       if (idx < nn) {
         if (last) {
-          x_out[idx] = y[r];
-          if (Frechet) {
-            l_all[base + idx] = dy[r];
-          }
+          v.store(idx, y[r], dy[r], Frechet);
         } else {
-          xb[idx] = y[r];
+          xb[idx * S] = y[r];
           if (Frechet) {
-            dxb[idx] = dy[r];
+            dxb[idx * S] = dy[r];
           }
         }
       }
     }
     if (!last) {
-      threadgroup_barrier(mem_flags::mem_threadgroup);
+      v.barrier();
     }
   }
+}
+
+// Fused path: one threadgroup per matrix. Each thread owns the elements tid +
+// r * threads (r < kSmallOwn) of every result; the inputs are read from and
+// the results written to device memory directly.
+template <typename T>
+struct SmallMatrix {
+  int n;
+  threadgroup T* bufs;
+  threadgroup T* dbufs;
+  const device T* a;
+  const device T* e;
+  device T* x;
+  device T* l;
+  threadgroup float* colsum; // kSmallMaxN sums for A, then for A - mu I
+  uint tid;
+  uint threads;
+
+  int owned(int r) const {
+    return int(tid) + r * int(threads);
+  }
+  T a_at(int idx) const {
+    return a[idx];
+  }
+  T e_at(int idx) const {
+    return e[idx];
+  }
+  void barrier() const {
+    threadgroup_barrier(mem_flags::mem_threadgroup);
+  }
+  void store(int idx, T xv, T lv, bool frechet) const {
+    x[idx] = xv;
+    if (frechet) {
+      l[idx] = lv;
+    }
+  }
+  // Thread j < n sums column j; every thread then takes the maxima in the
+  // same order.
+  void norms(T mu, thread float& norm, thread float& shifted_norm) const {
+    if (int(tid) < n) {
+      float c;
+      float cs;
+      column_sums(*this, int(tid), mu, c, cs);
+      colsum[tid] = c;
+      colsum[kSmallMaxN + tid] = cs;
+    }
+    barrier();
+    norm = 0.0f;
+    shifted_norm = 0.0f;
+    for (int j = 0; j < n; ++j) {
+      norm = nan_max(norm, colsum[j]);
+      shifted_norm = nan_max(shifted_norm, colsum[kSmallMaxN + j]);
+    }
+  }
+};
+
+template <typename T, bool Frechet>
+void expm_small_body(
+    const device T* a_all,
+    const device T* e_all,
+    device T* x_all,
+    device T* l_all,
+    int n,
+    threadgroup char* smem,
+    uint tid,
+    uint threads,
+    uint group) {
+  const int nn = n * n;
+  const ulong base = ulong(group) * ulong(nn);
+  threadgroup T* bufs = (threadgroup T*)(smem + kSmallScratchBytes);
+  SmallMatrix<T> v = {
+      n,
+      bufs,
+      bufs + kSmallBuffers * nn,
+      a_all + base,
+      e_all + base,
+      x_all + base,
+      l_all + base,
+      (threadgroup float*)smem,
+      tid,
+      threads};
+  expm_program<T, Frechet, kSmallOwn, 1>(v);
 }
 
 // ints: {n}. One threadgroup per matrix.

@@ -13,6 +13,13 @@ enum : int {
   kSmallBuffers = 7, // n x n buffers of one pass (primal, or derivative)
   kSmallScratchBytes = 320, // column sums of the 1-norms
 
+  // Tiny path: one thread per matrix, many matrices per threadgroup, each
+  // with its own kSmallBuffers buffers per pass in threadgroup memory.
+  kTinyMaxN = 8,
+  kTinyMaxMatrices = 128, // threads per threadgroup at most
+  kTinyThreadgroupBytes = 32768, // the budget (every Apple GPU's limit)
+  kSimdWidth = 32,
+
   // Predicated path: per-matrix parameters, then n x n buffers in Work.
   kTile = 32, // output tile of the threadgroup GEMM (kTile x kTile)
   kTileK = 32, // depth of one staged slice of the operands
@@ -48,6 +55,33 @@ inline long params_bytes(long batch) {
 
 inline int large_buffers(bool frechet) {
   return frechet ? 2 * kLargeBuffers : kLargeBuffers;
+}
+
+// Matrices (= threads) per threadgroup of the tiny kernel: as many as fit in
+// kTinyThreadgroupBytes at a stride of matrices + 1 (tiny_stride), rounded
+// down to whole SIMD groups where at least one fits.
+constexpr int tiny_matrices(int n, int elem_bytes, bool frechet) {
+  int per_matrix = (frechet ? 2 : 1) * kSmallBuffers * n * n * elem_bytes;
+  int fit = kTinyThreadgroupBytes / per_matrix - 1;
+  if (fit > kTinyMaxMatrices) {
+    fit = kTinyMaxMatrices;
+  }
+  return fit >= kSimdWidth ? fit / kSimdWidth * kSimdWidth : fit;
+}
+
+// Elements between consecutive elements of one matrix in the tiny kernel's
+// threadgroup memory: one per matrix of the threadgroup, plus one so that
+// the staging copies (consecutive elements of one matrix) fall in different
+// banks.
+constexpr int tiny_stride(int n, int elem_bytes, bool frechet) {
+  return tiny_matrices(n, elem_bytes, frechet) + 1;
+}
+
+inline long tiny_threadgroup_bytes(int n, int elem_bytes, bool frechet) {
+  long buffers = frechet ? 2 * kSmallBuffers : kSmallBuffers;
+  long bytes =
+      buffers * long(n) * n * elem_bytes * tiny_stride(n, elem_bytes, frechet);
+  return (bytes + 15) / 16 * 16;
 }
 
 // Threadgroup bytes of the fused kernel: the scratch, then the buffers.

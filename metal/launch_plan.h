@@ -79,14 +79,29 @@ inline bool position_combines(int k, bool frechet) {
 
 } // namespace detail
 
+// Whether (type, n, frechet) runs on the tiny kernel (one thread per matrix,
+// many matrices per threadgroup) with the given threadgroup memory.
+inline bool uses_tiny_kernel(
+    Type type,
+    int n,
+    bool frechet,
+    size_t max_threadgroup_memory = 32768) {
+  return n <= expm_metal::kTinyMaxN &&
+      size_t(
+          expm_metal::tiny_threadgroup_bytes(
+              n, detail::elem_bytes(type), frechet)) <= max_threadgroup_memory;
+}
+
 // Whether (type, n, frechet) runs on the fused one-threadgroup-per-matrix
-// kernel with the given threadgroup memory.
+// kernel with the given threadgroup memory: beyond the tiny kernel, while the
+// matrix and its buffers fit.
 inline bool uses_small_kernel(
     Type type,
     int n,
     bool frechet,
     size_t max_threadgroup_memory = 32768) {
-  return n <= expm_metal::kSmallMaxN &&
+  return !uses_tiny_kernel(type, n, frechet, max_threadgroup_memory) &&
+      n <= expm_metal::kSmallMaxN &&
       size_t(
           expm_metal::small_threadgroup_bytes(
               n, detail::elem_bytes(type), frechet)) <= max_threadgroup_memory;
@@ -113,6 +128,19 @@ inline Plan make_plan(
       : std::vector<Arg>{Arg::A, Arg::X};
   const uint32_t b = uint32_t(batch);
 
+  if (uses_tiny_kernel(type, n, frechet, max_threadgroup_memory)) {
+    // One thread per matrix; the last threadgroup masks the tail.
+    const int e = detail::elem_bytes(type);
+    const uint32_t m = uint32_t(tiny_matrices(n, e, frechet));
+    plan.steps.push_back(
+        {f + "tiny_" + std::to_string(n) + "_" + t,
+         {detail::ceil_div(batch, m), 1, 1},
+         {m, 1, 1},
+         uint32_t(tiny_threadgroup_bytes(n, e, frechet)),
+         io,
+         {n, int32_t(batch)}});
+    return plan;
+  }
   if (uses_small_kernel(type, n, frechet, max_threadgroup_memory)) {
     uint32_t threads = std::min<uint32_t>(
         kSmallThreads, detail::ceil_div(int64_t(n) * n, 32) * 32);

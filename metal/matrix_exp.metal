@@ -4,6 +4,7 @@
 // relies on it).
 #include "expm_kernel_list.h"
 #include "expm_kernels.h"
+#include "expm_tiny.h"
 
 using namespace expm_metal;
 

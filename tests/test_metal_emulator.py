@@ -1,9 +1,10 @@
-"""The two paths of the Metal kernels (metal/launch_plan.h): one fused
+"""Two paths of the Metal kernels (metal/launch_plan.h): one fused
 threadgroup per matrix while the matrix and its products fit in 32 KB of
-threadgroup memory, a predicated list of dispatches beyond. The cases sit at
-the border between the paths, mix every degree band with squarings and NaN in
-one batch (each matrix decides on the device), and use batch and matrix sizes
-that are no multiple of the kernels' tiles.
+threadgroup memory, a predicated list of dispatches beyond (the tiny kernels
+of n <= 8: test_tiny.py). The cases sit at the border between the paths, mix
+every degree band with squarings and NaN in one batch (each matrix decides on
+the device), and use batch and matrix sizes that are no multiple of the
+kernels' tiles.
 
 They run on every build against SciPy; with the Metal emulator
 (``_ext.backend == "metal-emulator"``) or Metal they run the Metal kernels.

@@ -14,6 +14,7 @@
 #define EXPM_FN static inline
 #include "expm_kernel_list.h"
 #include "expm_kernels.h"
+#include "expm_tiny.h"
 
 #define EXPM_CHECK_INSTANTIATE(function, T, name) \
   template decltype(expm_metal::function<T>) expm_metal::function<T>;

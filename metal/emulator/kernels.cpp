@@ -8,6 +8,7 @@
 #define EXPM_FN static inline
 #include "expm_kernel_list.h"
 #include "expm_kernels.h"
+#include "expm_tiny.h"
 
 #include "registry.h"
 

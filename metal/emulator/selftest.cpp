@@ -149,6 +149,26 @@ void check(Type type, int n, bool frechet, const std::vector<double>& scales) {
   bind.x = out_x.data();
   bind.l = frechet ? out_l.data() : nullptr;
   metal_emu::run_plan(plan, bind, metal_emu::options_from_env());
+  // The tiny kernel runs the fused kernel's evaluator: the fused kernel
+  // (what a device with less threadgroup memory would run) must give the
+  // same bits.
+  bool same_bits = true;
+  if (plan.steps[0].kernel.find("_tiny_") != std::string::npos) {
+    std::vector<float> fx(in_a.size(), 54321.0f), fl(in_a.size(), 54321.0f);
+    auto fused = mlx_linalg_ext::metal::make_plan(
+        type,
+        n,
+        batch,
+        frechet,
+        expm_metal::small_threadgroup_bytes(n, cplx ? 8 : 4, frechet));
+    metal_emu::Bindings fb = bind;
+    fb.x = fx.data();
+    fb.l = frechet ? fl.data() : nullptr;
+    metal_emu::run_plan(fused, fb, metal_emu::options_from_env());
+    same_bits = fused.steps[0].kernel.find("_small_") != std::string::npos &&
+        std::memcmp(fx.data(), out_x.data(), fx.size() * 4) == 0 &&
+        (!frechet || std::memcmp(fl.data(), out_l.data(), fl.size() * 4) == 0);
+  }
 
   auto read = [&](const std::vector<float>& v, int64_t b) {
     Mat m(nn);
@@ -158,13 +178,16 @@ void check(Type type, int n, bool frechet, const std::vector<double>& scales) {
     }
     return m;
   };
+  const std::string where = std::string(cplx ? "complex64" : "float32") +
+      " n=" + std::to_string(n) + (frechet ? " frechet" : " forward") +
+      " path=" + (plan.steps.size() == 1 ? plan.steps[0].kernel : "predicated");
+  int failed = 0;
+  double max_ex = 0, max_el = 0;
   for (int64_t b = 0; b < batch; ++b) {
     Mat x = read(out_x, b);
     Mat l = read(out_l, b);
-    std::string what = std::string(cplx ? "complex64" : "float32") +
-        " n=" + std::to_string(n) + (frechet ? " frechet" : " forward") +
-        " path=" + (plan.steps.size() == 1 ? "fused" : "predicated") +
-        " scale=" + std::to_string(scales[b]) + " b=" + std::to_string(b);
+    std::string what = where + " scale=" + std::to_string(scales[b]) +
+        " b=" + std::to_string(b);
     bool ok;
     double ex = 0, el = 0;
     if (std::isnan(scales[b])) {
@@ -183,36 +206,76 @@ void check(Type type, int n, bool frechet, const std::vector<double>& scales) {
     }
     if (!ok) {
       ++failures;
+      ++failed;
     }
+    max_ex = std::max(max_ex, ex);
+    max_el = std::max(max_el, el);
+    // Large batches (the tiny kernel's) print their failures and a summary.
+    if (!ok || batch <= 16) {
+      std::printf(
+          "%s %-70s relerr X %.2e L %.2e\n",
+          ok ? "ok  " : "FAIL",
+          what.c_str(),
+          ex,
+          el);
+    }
+  }
+  if (!same_bits) {
+    ++failures;
+    std::printf("FAIL %s: not the fused kernel's bits\n", where.c_str());
+  }
+  if (batch > 16) {
+    std::string what = where + " batch=" + std::to_string(batch);
     std::printf(
-        "%s %-70s relerr X %.2e L %.2e\n",
-        ok ? "ok  " : "FAIL",
+        "%s %-70s max relerr X %.2e L %.2e\n",
+        failed || !same_bits ? "FAIL" : "ok  ",
         what.c_str(),
-        ex,
-        el);
+        max_ex,
+        max_el);
   }
 }
 
 } // namespace
 
 int main(int argc, char** argv) {
+  using mlx_linalg_ext::metal::uses_small_kernel;
+  using mlx_linalg_ext::metal::uses_tiny_kernel;
   bool quick = argc > 1 && std::strcmp(argv[1], "quick") == 0;
   // 1-norm bands: degree 1..18 without squarings, then with 2 and 7
   // squarings (e^60 still fits float32); a NaN matrix in the batch.
   std::vector<double> mixed = {1e-8, 3e-4, 0.03, 0.4, 1.2, 2.5, 10, NAN, 60};
   std::vector<double> few = {0.4, NAN, 40};
+  // The tiny sizes' batches cycle through these: at n = 3 a scale of 60
+  // reaches 1-norms past 100, where exp(A) overflows float32.
+  std::vector<double> cycle = {1e-8, 3e-4, 0.03, 0.4, 1.2, 2.5, 10, NAN, 25};
   for (Type type : {Type::Float32, Type::Complex64}) {
     for (bool frechet : {false, true}) {
-      // Fused sizes, then the predicated path: quick takes n = 3 and the
-      // first n past the fused bound.
-      int past = 1;
-      while (mlx_linalg_ext::metal::uses_small_kernel(type, past, frechet)) {
+      // Every path: tiny sizes, the first fused one, then the predicated
+      // path; quick takes one size of each.
+      int fused = 1;
+      while (uses_tiny_kernel(type, fused, frechet)) {
+        ++fused;
+      }
+      int past = fused;
+      while (uses_small_kernel(type, past, frechet)) {
         ++past;
       }
-      std::vector<int> sizes = quick ? std::vector<int>{3, past}
-                                     : std::vector<int>{1, 5, 16, past, 70};
+      std::vector<int> sizes = quick
+          ? std::vector<int>{3, fused, past}
+          : std::vector<int>{1, 3, 5, 8, fused, 16, past, 70};
       for (int n : sizes) {
-        check(type, n, frechet, quick || n > 40 ? few : mixed);
+        std::vector<double> scales = quick || n > 40 ? few : mixed;
+        if (uses_tiny_kernel(type, n, frechet)) {
+          // One threadgroup's matrices and a tail of 3: the bands mixed
+          // within each SIMD group, and the last threadgroup masked.
+          int matrices = expm_metal::tiny_matrices(
+              n, type == Type::Complex64 ? 8 : 4, frechet);
+          scales.clear();
+          for (int b = 0; b < matrices + 3; ++b) {
+            scales.push_back(cycle[b % cycle.size()]);
+          }
+        }
+        check(type, n, frechet, scales);
       }
     }
   }
