@@ -100,6 +100,11 @@ FULL_CASES = (
     Case(1, 256, "complex64"),
     Case(1024, 16, "float32"),
     Case(256, 64, "float32"),
+    # Lie-group batches: the lane-batched path for n <= 8.
+    Case(100000, 3, "float32"),
+    Case(100000, 4, "float32"),
+    Case(20000, 8, "float32"),
+    Case(100000, 3, "complex64"),
 )
 FULL_GRAD_CASES = (
     Case(1, 256, "float32"),

@@ -13,6 +13,7 @@
 #include "mlx/backend/cpu/encoder.h"
 
 #include "cpu/gemm.h"
+#include "cpu/tiny_batch.h"
 #include "expm_numerics.h"
 #include "primitives.h"
 #ifdef MLX_LINALG_EXT_METAL_EMULATOR
@@ -46,14 +47,10 @@ constexpr int precision_of() {
 // accumulated in double so that a large finite matrix does not overflow.
 // col and col_shifted hold n sums each (the caller's, reused per matrix).
 template <typename T>
-std::pair<double, double> one_norms(
-    const T* a,
-    int n,
-    T mu,
-    std::vector<double>& col,
-    std::vector<double>& col_shifted) {
-  col.assign(n, 0.0);
-  col_shifted.assign(n, 0.0);
+std::pair<double, double>
+one_norms(const T* a, int n, T mu, double* col, double* col_shifted) {
+  std::fill(col, col + n, 0.0);
+  std::fill(col_shifted, col_shifted + n, 0.0);
   for (int i = 0; i < n; ++i) {
     for (int j = 0; j < n; ++j) {
       T aij = a[size_t(i) * n + j];
@@ -62,10 +59,10 @@ std::pair<double, double> one_norms(
     }
   }
   // A NaN column sum must win, which std::max does not ensure.
-  auto largest = [](const std::vector<double>& v) {
+  auto largest = [n](const double* v) {
     double m = 0.0;
-    for (double x : v) {
-      m = (x > m || std::isnan(x)) ? x : m;
+    for (int j = 0; j < n; ++j) {
+      m = (v[j] > m || std::isnan(v[j])) ? v[j] : m;
     }
     return m;
   };
@@ -128,7 +125,10 @@ class Evaluator {
 
   void run(const T* a, const T* e, T* out_x, T* out_l) {
     T mu = mean_diagonal(a, n_);
-    auto [norm, shifted_norm] = one_norms(a, n_, mu, col_, col_shifted_);
+    col_.resize(n_);
+    col_shifted_.resize(n_);
+    auto [norm, shifted_norm] =
+        one_norms(a, n_, mu, col_.data(), col_shifted_.data());
     constexpr int precision = precision_of<T>();
     expm::Decision plan = expm::decide(norm, shifted_norm, precision);
     if (plan.degree == expm::kNoAnswer) {
@@ -343,6 +343,104 @@ void parallel_for(int64_t count, double flops_per_item, Body body) {
   }
 }
 
+// n <= 8: every matrix decided on its own as in Evaluator::run, then the
+// batch sorted by degree and evaluated in blocks of TinyBlock::kLanes
+// matrices of one degree (cpu/tiny_batch.h).
+template <typename T, int N>
+void tiny_batch(const T* pa, const T* pe, T* px, T* pl, int64_t batch) {
+  using Block = cpu::TinyBlock<T, N>;
+  constexpr int kLanes = Block::kLanes;
+  constexpr size_t kNN = size_t(N) * N;
+  if (batch == 0) {
+    return;
+  }
+  std::vector<cpu::TinyLane<T>> lanes(batch);
+  parallel_for(batch, 20.0 * kNN, [&](int64_t begin, int64_t end) {
+    double col[N], col_shifted[N];
+    for (int64_t b = begin; b < end; ++b) {
+      const T* a = pa + size_t(b) * kNN;
+      T mu = mean_diagonal(a, N);
+      auto [norm, shifted_norm] = one_norms(a, N, mu, col, col_shifted);
+      expm::Decision d = expm::decide(norm, shifted_norm, precision_of<T>());
+      lanes[b] = {d.degree, d.squarings, d.shift ? mu : T(0)};
+    }
+  });
+
+  // Counting sort by degree; a matrix without an answer is all NaN now.
+  int64_t first[expm::kNumDegrees + 1] = {};
+  for (const auto& lane : lanes) {
+    if (lane.degree != expm::kNoAnswer) {
+      ++first[lane.degree + 1];
+    }
+  }
+  std::vector<int64_t> blocks; // start of each block in order
+  for (int d = 0; d < expm::kNumDegrees; ++d) {
+    for (int64_t k = first[d]; k < first[d] + first[d + 1]; k += kLanes) {
+      blocks.push_back(k);
+    }
+    first[d + 1] += first[d];
+  }
+  std::vector<int64_t> order(first[expm::kNumDegrees]);
+  int64_t next[expm::kNumDegrees];
+  std::copy(first, first + expm::kNumDegrees, next);
+  using Real = typename RealOf<T>::type;
+  const T nan = T(std::numeric_limits<Real>::quiet_NaN());
+  for (int64_t b = 0; b < batch; ++b) {
+    int d = lanes[b].degree;
+    if (d != expm::kNoAnswer) {
+      order[next[d]++] = b;
+      continue;
+    }
+    std::fill(px + b * kNN, px + (b + 1) * kNN, nan);
+    if (pl) {
+      std::fill(pl + b * kNN, pl + (b + 1) * kNN, nan);
+    }
+  }
+
+  if (blocks.empty()) {
+    return;
+  }
+  // Degree 18 and a few squarings: about 8 products a matrix.
+  double flops = 2.0 * 8 * kLanes * double(kNN) * N * (pe ? 3 : 1) + 1e3;
+  const bool avx2 = cpu::tiny_has_avx2();
+  parallel_for(int64_t(blocks.size()), flops, [&](int64_t begin, int64_t end) {
+    auto block = std::make_unique<Block>();
+    for (int64_t k = begin; k < end; ++k) {
+      int64_t start = blocks[k];
+      int degree = lanes[order[start]].degree;
+      int64_t stop = std::min(start + kLanes, first[degree + 1]);
+      int count = int(stop - start);
+      const int64_t* index = order.data() + start;
+      if (avx2) {
+        cpu::run_tiny_avx2(*block, count, index, pa, pe, px, pl, lanes.data());
+      } else {
+        block->run(count, index, pa, pe, px, pl, lanes.data());
+      }
+    }
+  });
+}
+
+template <typename T>
+bool tiny_batch(int n, const T* pa, const T* pe, T* px, T* pl, int64_t batch) {
+  switch (n) {
+#define EXPM_TINY_CASE(N)                    \
+  case N:                                    \
+    tiny_batch<T, N>(pa, pe, px, pl, batch); \
+    return true;
+    EXPM_TINY_CASE(1)
+    EXPM_TINY_CASE(2)
+    EXPM_TINY_CASE(3)
+    EXPM_TINY_CASE(4)
+    EXPM_TINY_CASE(5)
+    EXPM_TINY_CASE(6)
+    EXPM_TINY_CASE(7)
+    EXPM_TINY_CASE(8)
+#undef EXPM_TINY_CASE
+    default:
+      return false;
+  }
+}
+
 template <typename T>
 void expm_batch(
     const mx::array& a,
@@ -356,6 +454,9 @@ void expm_batch(
   const T* pe = e ? reinterpret_cast<const T*>(e->data<void>()) : nullptr;
   T* px = reinterpret_cast<T*>(x.data<void>());
   T* pl = l ? reinterpret_cast<T*>(l->data<void>()) : nullptr;
+  if (n <= cpu::kTinyMaxN && tiny_batch(n, pa, pe, px, pl, batch)) {
+    return;
+  }
   // Products from BLAS run on this thread only: OpenBLAS threads a product
   // itself, and concurrent callers contend for its workers (NOTES.md, CPU).
   // The tiny direct-loop sizes spread over the batch.
