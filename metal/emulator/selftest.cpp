@@ -6,7 +6,12 @@
 // -fsanitize=thread and run with METAL_EMU_MODE=threads by
 // scripts/check-metal.sh.
 //
-// Usage: metal_emu_selftest [quick]
+// Also the emulator's own SIMD-group matrix operations and the broken rules
+// it must report (simdgroup_check.cpp).
+//
+// Usage: metal_emu_selftest [quick | simd | fault <name>]
+//   quick: fewer sizes; simd: the SIMD-group checks alone; fault: runs one
+//   broken rule (the SIMD-group checks start it in a child process).
 #include <cmath>
 #include <complex>
 #include <cstdio>
@@ -195,7 +200,21 @@ void check(Type type, int n, bool frechet, const std::vector<double>& scales) {
 
 } // namespace
 
+// simdgroup_check.cpp
+int check_simdgroup_emulation();
+int run_simdgroup_fault(const char* name);
+
 int main(int argc, char** argv) {
+  // A line at a time into CI logs, whose stdout is a pipe.
+  std::setvbuf(stdout, nullptr, _IOLBF, 0);
+  if (argc > 2 && std::strcmp(argv[1], "fault") == 0) {
+    return run_simdgroup_fault(argv[2]);
+  }
+  failures += check_simdgroup_emulation();
+  if (argc > 1 && std::strcmp(argv[1], "simd") == 0) {
+    std::printf("%d failure(s)\n", failures);
+    return failures ? 1 : 0;
+  }
   bool quick = argc > 1 && std::strcmp(argv[1], "quick") == 0;
   // 1-norm bands: degree 1..18 without squarings, then with 2 and 7
   // squarings (e^60 still fits float32); a NaN matrix in the batch.
