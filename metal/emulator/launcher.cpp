@@ -9,9 +9,11 @@
 #include <atomic>
 #include <barrier>
 #include <cmath>
+#include <condition_variable>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <functional>
 #include <memory>
 #include <mutex>
 #include <stdexcept>
@@ -290,6 +292,70 @@ void run_group_fibers(Group& g, FiberStacks& stacks) {
   tl_group = nullptr;
 }
 
+// OS threads kept for the next dispatches: creating one per GPU thread and
+// dispatch was most of the threads mode's time. run(n, job) runs job(0) ..
+// job(n - 1) on n of them and returns once all have.
+class ThreadPool {
+ public:
+  ~ThreadPool() {
+    {
+      std::lock_guard<std::mutex> lock(mutex_);
+      stop_ = true;
+    }
+    wake_.notify_all();
+    for (auto& t : threads_) {
+      t.join();
+    }
+  }
+
+  void run(int n, const std::function<void(int)>& job) {
+    std::unique_lock<std::mutex> lock(mutex_);
+    while (int(threads_.size()) < n) {
+      int t = int(threads_.size());
+      threads_.emplace_back([this, t] { loop(t); });
+    }
+    job_ = &job;
+    participants_ = n;
+    remaining_ = n;
+    ++generation_;
+    wake_.notify_all();
+    done_.wait(lock, [&] { return remaining_ == 0; });
+    job_ = nullptr;
+  }
+
+ private:
+  void loop(int t) {
+    uint64_t seen = 0;
+    std::unique_lock<std::mutex> lock(mutex_);
+    for (;;) {
+      wake_.wait(lock, [&] { return stop_ || generation_ != seen; });
+      if (stop_) {
+        return;
+      }
+      seen = generation_;
+      if (t >= participants_) {
+        continue;
+      }
+      const std::function<void(int)>* job = job_;
+      lock.unlock();
+      (*job)(t);
+      lock.lock();
+      if (--remaining_ == 0) {
+        done_.notify_one();
+      }
+    }
+  }
+
+  std::mutex mutex_;
+  std::condition_variable wake_, done_;
+  std::vector<std::thread> threads_;
+  const std::function<void(int)>* job_ = nullptr;
+  int participants_ = 0;
+  int remaining_ = 0;
+  uint64_t generation_ = 0;
+  bool stop_ = false;
+};
+
 // OS threads: one thread per GPU thread, kept across the threadgroups this
 // worker takes; thread 0 fetches the next threadgroup between two barriers.
 void run_groups_threads(
@@ -297,11 +363,12 @@ void run_groups_threads(
     std::atomic<uint64_t>& next,
     uint64_t groups,
     const uint32_t* grid,
-    std::vector<char>& smem) {
+    std::vector<char>& smem,
+    ThreadPool& pool) {
   g.barrier = std::make_unique<std::barrier<GroupCompletion>>(
       g.threads, GroupCompletion{&g});
   uint64_t current = 0;
-  auto body = [&](int t) {
+  std::function<void(int)> body = [&](int t) {
     tl_group = &g;
     tl_tid = t;
     for (;;) {
@@ -320,23 +387,16 @@ void run_groups_threads(
       }
       g.barrier->arrive_and_wait();
       if (current >= groups) {
-        return;
+        break;
       }
       run_thread(g, t);
       g.returned.fetch_add(1);
       g.simd_returned[t / kSimdWidth].fetch_add(1);
       g.barrier->arrive_and_wait();
     }
+    tl_group = nullptr;
   };
-  std::vector<std::thread> pool;
-  pool.reserve(g.threads - 1);
-  for (int t = 1; t < g.threads; ++t) {
-    pool.emplace_back(body, t);
-  }
-  body(0);
-  for (auto& th : pool) {
-    th.join();
-  }
+  pool.run(g.threads, body);
 }
 
 void check_dispatch(const Dispatch& d) {
@@ -378,7 +438,16 @@ void run_grid(
   const int threads =
       int(proto.threads[0] * proto.threads[1] * proto.threads[2]);
   std::atomic<uint64_t> next{0};
-  auto worker = [&] {
+  const int workers = int(std::clamp<uint64_t>(options.workers, 1, groups));
+  // The calling thread's pools, one per worker (threads mode).
+  static thread_local std::vector<std::unique_ptr<ThreadPool>> caller_pools;
+  auto& pools = caller_pools; // the workers' own thread_local is not this one
+  if (options.mode == Mode::Threads) {
+    while (int(pools.size()) < workers) {
+      pools.push_back(std::make_unique<ThreadPool>());
+    }
+  }
+  auto worker = [&](int w) {
     std::vector<char> smem(std::max<uint32_t>(threadgroup_bytes, 16));
     Group g;
     g.mode = options.mode;
@@ -388,7 +457,7 @@ void run_grid(
     g.args = proto;
     g.args.smem = threadgroup_bytes ? smem.data() : nullptr;
     if (options.mode == Mode::Threads) {
-      run_groups_threads(g, next, groups, grid, smem);
+      run_groups_threads(g, next, groups, grid, smem, *pools[w]);
       return;
     }
     FiberStacks stacks;
@@ -404,13 +473,12 @@ void run_grid(
       run_group_fibers(g, stacks);
     }
   };
-  int workers = int(std::clamp<uint64_t>(options.workers, 1, groups));
-  std::vector<std::thread> pool;
+  std::vector<std::thread> others;
   for (int w = 1; w < workers; ++w) {
-    pool.emplace_back(worker);
+    others.emplace_back(worker, w);
   }
-  worker();
-  for (auto& th : pool) {
+  worker(0);
+  for (auto& th : others) {
     th.join();
   }
 }
