@@ -17,12 +17,13 @@
 #                   clang address spaces: a pointer passed to the wrong space
 #                   does not compile, as in Metal (needs clang++).
 #   tsan_subset     The emulator's self-test built with ThreadSanitizer, one
-#                   OS thread per GPU thread: both paths, forward and
-#                   Frechet, float32 and complex64, against a double
-#                   reference; a missing barrier is a reported race. Then the
-#                   emulator's SIMD-group matrix operations against their
-#                   semantics, and its reports of broken SIMD-group rules, in
-#                   both modes.
+#                   OS thread per GPU thread: both paths (the predicated one
+#                   at the edges of its product tiles: n = 33, 40, 65, 100),
+#                   forward and Frechet, float32 and complex64, against a
+#                   double reference; a missing barrier is a reported race.
+#                   Then the emulator's SIMD-group matrix operations against
+#                   their semantics, and its reports of broken SIMD-group
+#                   rules, in both modes.
 #   host_compile    The host code (csrc/metal, the ops, the bindings) against
 #                   MLX's real macOS headers and metal-cpp from the mlx-metal
 #                   wheel: a clang syntax check, then an arm64 macOS object

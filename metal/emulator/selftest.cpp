@@ -1,8 +1,9 @@
 // Standalone check of the Metal kernels on the CPU emulator, without Python:
-// runs launch plans for a few sizes of each path (fused, predicated), forward
-// and Frechet, float32 and complex64, and compares with a double-precision
-// reference (Taylor series with scaling and squaring; the Frechet derivative
-// as the upper-right block of exp([[A, E], [0, A]])). Built with
+// runs launch plans for a few sizes of each path (fused, predicated, the
+// latter at the edges of its product tiles), forward and Frechet, float32
+// and complex64, and compares with a double-precision reference (Taylor
+// series with scaling and squaring; the Frechet derivative as the
+// upper-right block of exp([[A, E], [0, A]])). Built with
 // -fsanitize=thread and run with METAL_EMU_MODE=threads by
 // scripts/check-metal.sh.
 //
@@ -220,6 +221,11 @@ int main(int argc, char** argv) {
   // squarings (e^60 still fits float32); a NaN matrix in the batch.
   std::vector<double> mixed = {1e-8, 3e-4, 0.03, 0.4, 1.2, 2.5, 10, NAN, 60};
   std::vector<double> few = {0.4, NAN, 40};
+  // Predicated sizes at the edges of the product tiles (64 for float32, in
+  // fragments of 8; 32 for complex64): 33 and 65 one past a multiple of 32
+  // and 64, 40 whole fragments in a partial tile, 100 a partial fragment in
+  // a partial tile.
+  const std::vector<int> edges = {33, 40, 65, 100};
   for (Type type : {Type::Float32, Type::Complex64}) {
     for (bool frechet : {false, true}) {
       // Fused sizes, then the predicated path: quick takes n = 3 and the
@@ -230,6 +236,11 @@ int main(int argc, char** argv) {
       }
       std::vector<int> sizes = quick ? std::vector<int>{3, past}
                                      : std::vector<int>{1, 5, 16, past, 70};
+      for (int n : edges) {
+        if (n != past) {
+          sizes.push_back(n);
+        }
+      }
       for (int n : sizes) {
         check(type, n, frechet, quick || n > 40 ? few : mixed);
       }
