@@ -27,7 +27,9 @@ struct SimdCall {
   const void* memory; // Load: the source; Store: the destination
   uint64_t elements_per_row;
   bool transpose;
-  const float* operands; // Store: the matrix; Multiply(Accumulate): a, b(, c)
+  // The calling lane's matrices: Store: the stored one; Multiply: a, b;
+  // MultiplyAccumulate: a, b, c.
+  const float* operands[3];
 };
 
 // Runs call for the SIMD group of the calling GPU thread (launcher.cpp).

@@ -52,16 +52,17 @@ struct SimdRecord {
   float result[64];
 };
 
+// The matrices an operation takes from the lanes.
 int operand_count(SimdOp op) {
   switch (op) {
     case SimdOp::Load:
       return 0;
     case SimdOp::Store:
-      return 64;
+      return 1;
     case SimdOp::Multiply:
-      return 128;
+      return 2;
     case SimdOp::MultiplyAccumulate:
-      return 192;
+      return 3;
   }
   return 0;
 }
@@ -557,17 +558,19 @@ void simdgroup_operation(const SimdCall& call, float* result) {
     r.memory = call.memory;
     r.elements_per_row = call.elements_per_row;
     r.transpose = call.transpose;
-    if (operands > 0) {
-      std::copy(call.operands, call.operands + operands, r.operands);
+    for (int m = 0; m < operands; ++m) {
+      std::copy(call.operands[m], call.operands[m] + 64, r.operands + 64 * m);
     }
     run_simd_record(r);
   } else {
     const SimdRecord& r = log.records[i];
-    if (r.op != call.op || r.memory != call.memory ||
-        r.elements_per_row != call.elements_per_row ||
-        r.transpose != call.transpose ||
-        (operands > 0 &&
-         std::memcmp(r.operands, call.operands, operands * sizeof(float)))) {
+    bool same = r.op == call.op && r.memory == call.memory &&
+        r.elements_per_row == call.elements_per_row &&
+        r.transpose == call.transpose;
+    for (int m = 0; m < operands && same; ++m) {
+      same = std::memcmp(r.operands + 64 * m, call.operands[m], 256) == 0;
+    }
+    if (!same) {
       fail(
           "lanes of a SIMD group made different simdgroup matrix operations "
           "(each must make the same call, with the same matrices)");

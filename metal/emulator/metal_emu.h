@@ -120,12 +120,12 @@ void simdgroup_multiply_accumulate(
     const simdgroup_matrix<T, Cols, Rows>& a,
     const simdgroup_matrix<T, Cols, Rows>& b,
     const simdgroup_matrix<T, Cols, Rows>& c) {
-  float operands[192];
-  std::memcpy(operands, a.e, sizeof(a.e));
-  std::memcpy(operands + 64, b.e, sizeof(b.e));
-  std::memcpy(operands + 128, c.e, sizeof(c.e));
   metal_emu::simdgroup_operation(
-      {metal_emu::SimdOp::MultiplyAccumulate, nullptr, 0, false, operands},
+      {metal_emu::SimdOp::MultiplyAccumulate,
+       nullptr,
+       0,
+       false,
+       {a.e, b.e, c.e}},
       d.e);
 }
 
@@ -134,11 +134,8 @@ void simdgroup_multiply(
     simdgroup_matrix<T, Cols, Rows>& d,
     const simdgroup_matrix<T, Cols, Rows>& a,
     const simdgroup_matrix<T, Cols, Rows>& b) {
-  float operands[128];
-  std::memcpy(operands, a.e, sizeof(a.e));
-  std::memcpy(operands + 64, b.e, sizeof(b.e));
   metal_emu::simdgroup_operation(
-      {metal_emu::SimdOp::Multiply, nullptr, 0, false, operands}, d.e);
+      {metal_emu::SimdOp::Multiply, nullptr, 0, false, {a.e, b.e}}, d.e);
 }
 
 namespace simdgroup_detail {
@@ -160,8 +157,7 @@ void load(
     bool transpose) {
   check_origin(origin);
   metal_emu::simdgroup_operation(
-      {metal_emu::SimdOp::Load, src, elements_per_row, transpose, nullptr},
-      d.e);
+      {metal_emu::SimdOp::Load, src, elements_per_row, transpose, {}}, d.e);
 }
 
 template <typename T, int Cols, int Rows>
@@ -173,7 +169,7 @@ void store(
     bool transpose) {
   check_origin(origin);
   metal_emu::simdgroup_operation(
-      {metal_emu::SimdOp::Store, dst, elements_per_row, transpose, a.e},
+      {metal_emu::SimdOp::Store, dst, elements_per_row, transpose, {a.e}},
       nullptr);
 }
 
