@@ -14,9 +14,12 @@ normwise relative errors against float64 SciPy on the same inputs.
 
 On Metal (MLX's Metal backend, Apple silicon) the comparisons are those that
 exist there: ours and the pure-MLX version on the GPU, SciPy and PyTorch on
-the CPU, and the GEMM unit is one MLX matmul on the GPU. PyTorch's MPS
-backend has no matrix_exp: what it does instead (raises, or falls back to
-the CPU under PYTORCH_ENABLE_MPS_FALLBACK=1) is recorded, not timed as GPU.
+the CPU, and the GEMM unit is one MLX matmul on the GPU; for single
+matrices also one of our products against it (the time beyond the zero
+matrix's, which runs the same dispatches without a product, per product).
+PyTorch's MPS backend has no matrix_exp: what it does instead (raises, or
+falls back to the CPU under PYTORCH_ENABLE_MPS_FALLBACK=1) is recorded, not
+timed as GPU.
 
 Usage:  python3 bench/bench_gpu.py [--out results.json] [--reps 30] [--small]
 """
@@ -370,6 +373,15 @@ def main():
                 row["over_gemm_limit"] = row["mlx_linalg_ext"]["ms"] / (
                     row["products"] * row["gemm_ms"]
                 )
+                if METAL and row["products"] > 0:
+                    # One of our products against one mx.matmul: the zero
+                    # matrix runs every dispatch of the same plan but skips
+                    # every product, so the difference is the products' time.
+                    zero_ms, _ = bench_mlx(np.zeros_like(a), reps)
+                    row["zero_ms"] = zero_ms
+                    spent = row["mlx_linalg_ext"]["ms"] - zero_ms
+                    row["product_ms"] = spent / row["products"]
+                    row["product_over_matmul"] = row["product_ms"] / row["gemm_ms"]
             except Exception as exc:  # noqa: BLE001
                 row["gemm_limit_error"] = f"{type(exc).__name__}: {exc}"[:200]
         rows.append(row)
@@ -447,6 +459,11 @@ def main():
             limit = (
                 f"  {r['products']} products x {r['gemm_ms']:.3f} ms GEMM:"
                 f" {r['over_gemm_limit']:.2f}x the limit"
+            )
+        if "product_over_matmul" in r:
+            limit += (
+                f"; one product {r['product_ms']:.3f} ms ="
+                f" {r['product_over_matmul']:.2f}x mx.matmul"
             )
         print(f"{case:24s}" + "".join(cells) + f"{sp:>11s}" + limit)
     for r in frows:

@@ -20,6 +20,7 @@
 
 #include "expm_complex.h"
 #include "expm_layout.h"
+#include "expm_simd_product.h"
 
 // Checks of the kernels' own invariants: the emulator reports them, Metal
 // compiles them away.
@@ -843,6 +844,43 @@ void tile_product(
   }
 }
 
+// The tile product of the element type: scalar for complex64, on
+// simdgroup_matrix for float32 (the overload below; launch_plan.h sizes the
+// grid and the threadgroup for each).
+template <typename T>
+void product_tile(
+    const device T* x0,
+    const device T* y0,
+    const device T* x1,
+    const device T* y1,
+    int terms,
+    int n,
+    uint3 group,
+    threadgroup char* smem,
+    uint tid,
+    uint,
+    uint,
+    device T* out) {
+  tile_product<T>(x0, y0, x1, y1, terms, n, group.y, group.x, smem, tid, out);
+}
+
+inline void product_tile(
+    const device float* x0,
+    const device float* y0,
+    const device float* x1,
+    const device float* y1,
+    int terms,
+    int n,
+    uint3 group,
+    threadgroup char* smem,
+    uint tid,
+    uint sg,
+    uint lane,
+    device float* out) {
+  simd_tile_product(
+      x0, y0, x1, y1, terms, n, group.y, group.x, smem, tid, sg, lane, out);
+}
+
 // Product position k: P = L R into slot 2 + k (group.z = b * passes + 0) and
 // dP = dL R + L dR into its derivative (group.z = b * passes + 1).
 template <typename T>
@@ -851,7 +889,9 @@ template <typename T>
     constant int* ints [[buffer(1)]],
     threadgroup char* smem EXPM_THREADGROUP_MEMORY,
     uint3 tid [[thread_position_in_threadgroup]],
-    uint3 group [[threadgroup_position_in_grid]]) {
+    uint3 group [[threadgroup_position_in_grid]],
+    uint sg [[simdgroup_index_in_threadgroup]],
+    uint lane [[thread_index_in_simdgroup]]) {
   const int n = ints[0];
   const int batch = ints[1];
   const int k = ints[2];
@@ -874,7 +914,7 @@ template <typename T>
   if (pass == 0) {
     device T* p =
         matrix_buffer<T>(work, n, batch, frechet, b, slot_buffer(2 + k));
-    tile_product<T>(l, r, l, r, 1, n, group.y, group.x, smem, tid.x, p);
+    product_tile(l, r, l, r, 1, n, group, smem, tid.x, sg, lane, p);
     return;
   }
   device T* dl = matrix_buffer<T>(
@@ -893,7 +933,7 @@ template <typename T>
       kLargeBuffers + large_operand(cr, count, false, kLargeRight));
   device T* dp = matrix_buffer<T>(
       work, n, batch, frechet, b, kLargeBuffers + slot_buffer(2 + k));
-  tile_product<T>(dl, r, l, dr, 2, n, group.y, group.x, smem, tid.x, dp);
+  product_tile(dl, r, l, dr, 2, n, group, smem, tid.x, sg, lane, dp);
 }
 
 // The approximant times e^(mu 2^-s): into the outputs when s = 0, else into
@@ -982,7 +1022,9 @@ void expm_square_body(
     constant int* ints,
     threadgroup char* smem,
     uint tid,
-    uint3 group) {
+    uint3 group,
+    uint sg,
+    uint lane) {
   const int n = ints[0];
   const int batch = ints[1];
   const int q = ints[2];
@@ -1003,7 +1045,7 @@ void expm_square_body(
   if (pass == 0) {
     device T* y =
         last ? x_all + base : matrix_buffer<T>(work, n, batch, Frechet, b, to);
-    tile_product<T>(x, x, x, x, 1, n, group.y, group.x, smem, tid, y);
+    product_tile(x, x, x, x, 1, n, group, smem, tid, sg, lane, y);
     return;
   }
   device T* dx =
@@ -1011,7 +1053,7 @@ void expm_square_body(
   device T* dy = last
       ? l_all + base
       : matrix_buffer<T>(work, n, batch, Frechet, b, kLargeBuffers + to);
-  tile_product<T>(x, dx, dx, x, 2, n, group.y, group.x, smem, tid, dy);
+  product_tile(x, dx, dx, x, 2, n, group, smem, tid, sg, lane, dy);
 }
 
 template <typename T>
@@ -1021,8 +1063,10 @@ template <typename T>
     constant int* ints [[buffer(2)]],
     threadgroup char* smem EXPM_THREADGROUP_MEMORY,
     uint3 tid [[thread_position_in_threadgroup]],
-    uint3 group [[threadgroup_position_in_grid]]) {
-  expm_square_body<T, false>(x, x, work, ints, smem, tid.x, group);
+    uint3 group [[threadgroup_position_in_grid]],
+    uint sg [[simdgroup_index_in_threadgroup]],
+    uint lane [[thread_index_in_simdgroup]]) {
+  expm_square_body<T, false>(x, x, work, ints, smem, tid.x, group, sg, lane);
 }
 
 template <typename T>
@@ -1033,8 +1077,10 @@ template <typename T>
     constant int* ints [[buffer(3)]],
     threadgroup char* smem EXPM_THREADGROUP_MEMORY,
     uint3 tid [[thread_position_in_threadgroup]],
-    uint3 group [[threadgroup_position_in_grid]]) {
-  expm_square_body<T, true>(x, l, work, ints, smem, tid.x, group);
+    uint3 group [[threadgroup_position_in_grid]],
+    uint sg [[simdgroup_index_in_threadgroup]],
+    uint lane [[thread_index_in_simdgroup]]) {
+  expm_square_body<T, true>(x, l, work, ints, smem, tid.x, group, sg, lane);
 }
 
 } // namespace expm_metal

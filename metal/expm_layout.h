@@ -35,6 +35,22 @@ enum : int {
   kLargeBuffers = 8,
   kLargeLeft = 6,
   kLargeRight = 7,
+
+  // float32 products of the predicated path on simdgroup_matrix<float, 8, 8>
+  // (complex64 keeps the kTile product: there is no complex simdgroup
+  // matrix). A threadgroup of 2 x 2 SIMD groups computes a kSimdTile square
+  // tile; each SIMD group a kSimdBlock square block, (kSimdBlock / 8)^2
+  // accumulators.
+  kSimdTile = 64,
+  kSimdTileK = 16, // depth of one staged slice of the operands
+  kSimdBlock = 32,
+  kSimdGroups = 4,
+  kSimdThreads = 32 * kSimdGroups,
+  // Row strides of the staged slices, 4 floats past their width (as MLX's
+  // GEMM pads), so that the 8 rows a fragment load reads start on
+  // different banks.
+  kSimdLdLeft = kSimdTileK + 4, // kSimdTile rows of the left operand
+  kSimdLdRight = kSimdTile + 4, // kSimdTileK rows of the right operand
 };
 
 // The per-matrix parameters, stored as floats (the integers are exact).
@@ -82,6 +98,12 @@ inline long tiny_threadgroup_bytes(int n, int elem_bytes, bool frechet) {
   long bytes =
       buffers * long(n) * n * elem_bytes * tiny_stride(n, elem_bytes, frechet);
   return (bytes + 15) / 16 * 16;
+}
+
+// Threadgroup bytes of the float32 product kernels: the two staged slices.
+inline long simd_product_threadgroup_bytes() {
+  long floats = long(kSimdTile) * kSimdLdLeft + long(kSimdTileK) * kSimdLdRight;
+  return (floats * 4 + 15) / 16 * 16;
 }
 
 // Threadgroup bytes of the fused kernel: the scratch, then the buffers.

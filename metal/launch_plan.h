@@ -77,6 +77,24 @@ inline bool position_combines(int k, bool frechet) {
   return false;
 }
 
+// Grid and threadgroup of the product and squaring kernels: float32 on
+// simdgroup_matrix tiles (kSimdTile, kSimdThreads), complex64 on the scalar
+// tile (kTile, kGemmThreads); both stage two operand slices.
+struct ProductShape {
+  int tile; // output tile of a threadgroup: tile x tile
+  uint32_t threads;
+  uint32_t threadgroup_bytes;
+};
+
+inline ProductShape product_shape(Type type) {
+  using namespace expm_metal;
+  if (type == Type::Float32) {
+    return {
+        kSimdTile, kSimdThreads, uint32_t(simd_product_threadgroup_bytes())};
+  }
+  return {kTile, kGemmThreads, uint32_t(2 * kTile * kTileK * elem_bytes(type))};
+}
+
 } // namespace detail
 
 // Whether (type, n, frechet) runs on the tiny kernel (one thread per matrix,
@@ -162,10 +180,9 @@ inline Plan make_plan(
   const int outputs = frechet ? 2 : 1;
   plan.work_bytes = size_t(params_bytes(batch)) +
       size_t(batch) * large_buffers(frechet) * nn * detail::elem_bytes(type);
-  const uint32_t tiles = detail::ceil_div(n, kTile);
+  const detail::ProductShape product = detail::product_shape(type);
+  const uint32_t tiles = detail::ceil_div(n, product.tile);
   const uint32_t elem_groups = detail::ceil_div(nn, kElemPerGroup);
-  const uint32_t tile_bytes =
-      uint32_t(2 * kTile * kTileK * detail::elem_bytes(type));
   auto with_work = [](std::vector<Arg> v) {
     v.push_back(Arg::Work);
     return v;
@@ -209,8 +226,8 @@ inline Plan make_plan(
     plan.steps.push_back(
         {"expm_product_" + t,
          {tiles, tiles, b * outputs},
-         {kGemmThreads, 1, 1},
-         tile_bytes,
+         {product.threads, 1, 1},
+         product.threadgroup_bytes,
          {Arg::Work},
          at(k)});
   }
@@ -226,8 +243,8 @@ inline Plan make_plan(
     plan.steps.push_back(
         {f + "square_" + t,
          {tiles, tiles, b * outputs},
-         {kGemmThreads, 1, 1},
-         tile_bytes,
+         {product.threads, 1, 1},
+         product.threadgroup_bytes,
          with_work(outs),
          at(i)});
   }

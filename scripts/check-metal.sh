@@ -17,9 +17,13 @@
 #                   clang address spaces: a pointer passed to the wrong space
 #                   does not compile, as in Metal (needs clang++).
 #   tsan_subset     The emulator's self-test built with ThreadSanitizer, one
-#                   OS thread per GPU thread: both paths, forward and
-#                   Frechet, float32 and complex64, against a double
-#                   reference; a missing barrier is a reported race.
+#                   OS thread per GPU thread: both paths (the predicated one
+#                   at the edges of its product tiles: n = 33, 40, 65, 100),
+#                   forward and Frechet, float32 and complex64, against a
+#                   double reference; a missing barrier is a reported race.
+#                   Then the emulator's SIMD-group matrix operations against
+#                   their semantics, and its reports of broken SIMD-group
+#                   rules, in both modes.
 #   host_compile    The host code (csrc/metal, the ops, the bindings) against
 #                   MLX's real macOS headers and metal-cpp from the mlx-metal
 #                   wheel: a clang syntax check, then an arm64 macOS object
@@ -125,13 +129,25 @@ tsan_subset() {
   local tmp
   tmp="$(mktemp -d /tmp/mlx-linalg-ext-metal-tsan.XXXXXX)"
   TMPS+=("$tmp")
-  (cd "$ROOT" && "$CXX" -std=c++20 -O1 -g -fsanitize=thread \
-    -Imetal -Imetal/emulator -Icsrc metal/emulator/selftest.cpp \
-    metal/emulator/launcher.cpp metal/emulator/kernels.cpp \
+  local sources=(metal/emulator/selftest.cpp metal/emulator/simdgroup_check.cpp
+    metal/emulator/launcher.cpp metal/emulator/kernels.cpp)
+  # clang's ThreadSanitizer runtime is much faster than GCC 12's with the
+  # emulator's hundreds of synchronising threads (NOTES.md, the emulator).
+  local tsan_cxx="$CXX"
+  if command -v "$CLANGXX" >/dev/null; then
+    tsan_cxx="$CLANGXX"
+  fi
+  (cd "$ROOT" && "$tsan_cxx" -std=c++20 -O1 -g -fsanitize=thread \
+    -Imetal -Imetal/emulator -Icsrc "${sources[@]}" \
     -o "$tmp/metal_emu_selftest_tsan")
   # Two workers: the threadgroups of a dispatch also run concurrently.
   TSAN_OPTIONS="halt_on_error=1 exitcode=66" METAL_EMU_MODE=threads \
     METAL_EMU_WORKERS=2 "$tmp/metal_emu_selftest_tsan" quick
+  # Fibers (the mode of emulated_suite; ThreadSanitizer does not follow
+  # ucontext switches): the SIMD-group checks again, without it.
+  (cd "$ROOT" && "$CXX" -std=c++20 -O1 -g -Imetal -Imetal/emulator -Icsrc \
+    "${sources[@]}" -o "$tmp/metal_emu_selftest")
+  METAL_EMU_MODE=fibers "$tmp/metal_emu_selftest" simd
 }
 
 # A venv with the build tools, made once; prints its python.

@@ -26,9 +26,10 @@ constexpr int count_pointers(void (*)(P...)) {
 // Kernel parameters in order: the plan's buffers, the int32 constants, the
 // threadgroup memory if the kernel takes any, then the uint3 thread
 // positions: in the threadgroup, of the threadgroup, and (if taken) threads
-// per threadgroup.
+// per threadgroup; then (if taken) the uint simdgroup_index_in_threadgroup
+// and thread_index_in_simdgroup, in that order.
 template <typename P>
-P kernel_arg(const LaunchArgs& c, int i, int np_pointers) {
+P kernel_arg(const LaunchArgs& c, int i, int np_pointers, int np_uint3) {
   if constexpr (std::is_pointer_v<P>) {
     void* p = nullptr;
     if (i < c.nbuffers) {
@@ -41,17 +42,22 @@ P kernel_arg(const LaunchArgs& c, int i, int np_pointers) {
       fail("kernel signature does not match the plan's buffers");
     }
     return (P)p;
-  } else {
+  } else if constexpr (std::is_same_v<P, uint3>) {
     int k = i - np_pointers;
     const uint32_t* v = k == 0 ? c.tid : k == 1 ? c.group : c.threads;
     return P{v[0], v[1], v[2]};
+  } else {
+    static_assert(std::is_same_v<P, uint>, "kernel parameter of no known kind");
+    int k = i - np_pointers - np_uint3;
+    return k == 0 ? c.simd_group : c.simd_lane;
   }
 }
 
 template <typename... P, size_t... I>
 void invoke(void (*fn)(P...), const LaunchArgs& c, std::index_sequence<I...>) {
   constexpr int np = (0 + ... + int(std::is_pointer_v<P>));
-  fn(kernel_arg<P>(c, int(I), np)...);
+  constexpr int nu = (0 + ... + int(std::is_same_v<P, uint3>));
+  fn(kernel_arg<P>(c, int(I), np, nu)...);
 }
 
 template <typename... P>

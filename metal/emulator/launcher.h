@@ -42,4 +42,16 @@ void run_plan(
     const Bindings& bindings,
     const Options& options);
 
+// Runs one kernel, not of the registry, over a grid of threadgroups with
+// fresh threadgroup memory (NaN bytes) and the given buffers: the emulator's
+// tests of its own Metal subset.
+void run_kernel(
+    KernelEntry kernel,
+    const uint32_t groups[3],
+    const uint32_t threads[3],
+    uint32_t threadgroup_bytes,
+    void* const* buffers,
+    int nbuffers,
+    const Options& options);
+
 } // namespace metal_emu

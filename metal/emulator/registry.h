@@ -15,6 +15,7 @@ struct LaunchArgs {
   const int32_t* ints;
   char* smem;
   uint32_t tid[3], group[3], threads[3];
+  uint32_t simd_group, simd_lane; // SIMD groups: 32 consecutive threads
 };
 
 using KernelEntry = void (*)(const LaunchArgs&);

@@ -1,12 +1,18 @@
 // Standalone check of the Metal kernels on the CPU emulator, without Python:
-// runs launch plans for a few sizes of each path (fused, predicated), forward
-// and Frechet, float32 and complex64, and compares with a double-precision
-// reference (Taylor series with scaling and squaring; the Frechet derivative
-// as the upper-right block of exp([[A, E], [0, A]])). Built with
+// runs launch plans for a few sizes of each path (fused, predicated, the
+// latter at the edges of its product tiles), forward and Frechet, float32
+// and complex64, and compares with a double-precision reference (Taylor
+// series with scaling and squaring; the Frechet derivative as the
+// upper-right block of exp([[A, E], [0, A]])). Built with
 // -fsanitize=thread and run with METAL_EMU_MODE=threads by
 // scripts/check-metal.sh.
 //
-// Usage: metal_emu_selftest [quick]
+// Also the emulator's own SIMD-group matrix operations and the broken rules
+// it must report (simdgroup_check.cpp).
+//
+// Usage: metal_emu_selftest [quick | simd | fault <name>]
+//   quick: fewer sizes; simd: the SIMD-group checks alone; fault: runs one
+//   broken rule (the SIMD-group checks start it in a child process).
 #include <cmath>
 #include <complex>
 #include <cstdio>
@@ -23,7 +29,10 @@ using cd = std::complex<double>;
 using mlx_linalg_ext::metal::Type;
 using Mat = std::vector<cd>;
 
-Mat matmul(const Mat& a, const Mat& b, int n) {
+// The reference is the test's own single-threaded arithmetic: not worth
+// ThreadSanitizer's instrumentation, which made it a large part of the run.
+__attribute__((no_sanitize("thread"))) Mat
+matmul(const Mat& a, const Mat& b, int n) {
   Mat c(size_t(n) * n);
   for (int i = 0; i < n; ++i) {
     for (int k = 0; k < n; ++k) {
@@ -237,9 +246,23 @@ void check(Type type, int n, bool frechet, const std::vector<double>& scales) {
 
 } // namespace
 
+// simdgroup_check.cpp
+int check_simdgroup_emulation();
+int run_simdgroup_fault(const char* name);
+
 int main(int argc, char** argv) {
   using mlx_linalg_ext::metal::uses_small_kernel;
   using mlx_linalg_ext::metal::uses_tiny_kernel;
+  // A line at a time into CI logs, whose stdout is a pipe.
+  std::setvbuf(stdout, nullptr, _IOLBF, 0);
+  if (argc > 2 && std::strcmp(argv[1], "fault") == 0) {
+    return run_simdgroup_fault(argv[2]);
+  }
+  failures += check_simdgroup_emulation();
+  if (argc > 1 && std::strcmp(argv[1], "simd") == 0) {
+    std::printf("%d failure(s)\n", failures);
+    return failures ? 1 : 0;
+  }
   bool quick = argc > 1 && std::strcmp(argv[1], "quick") == 0;
   // 1-norm bands: degree 1..18 without squarings, then with 2 and 7
   // squarings (e^60 still fits float32); a NaN matrix in the batch.
@@ -248,6 +271,11 @@ int main(int argc, char** argv) {
   // The tiny sizes' batches cycle through these: at n = 3 a scale of 60
   // reaches 1-norms past 100, where exp(A) overflows float32.
   std::vector<double> cycle = {1e-8, 3e-4, 0.03, 0.4, 1.2, 2.5, 10, NAN, 25};
+  // Predicated sizes at the edges of the product tiles (64 for float32, in
+  // fragments of 8; 32 for complex64): 33 and 65 one past a multiple of 32
+  // and 64, 40 whole fragments in a partial tile, 100 a partial fragment in
+  // a partial tile.
+  const std::vector<int> edges = {33, 40, 65, 100};
   for (Type type : {Type::Float32, Type::Complex64}) {
     for (bool frechet : {false, true}) {
       // Every path: tiny sizes, the first fused one, then the predicated
@@ -263,6 +291,11 @@ int main(int argc, char** argv) {
       std::vector<int> sizes = quick
           ? std::vector<int>{3, fused, past}
           : std::vector<int>{1, 3, 5, 8, fused, 16, past, 70};
+      for (int n : edges) {
+        if (n != past) {
+          sizes.push_back(n);
+        }
+      }
       for (int n : sizes) {
         std::vector<double> scales = quick || n > 40 ? few : mixed;
         if (uses_tiny_kernel(type, n, frechet)) {
