@@ -1084,9 +1084,15 @@ def main(argv=None) -> int:
         "elapsed_s": elapsed,
     }
     write_json(json_path, payload)
+    print(f"wrote {json_path}")
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        print("no plot: matplotlib is not installed (pip install matplotlib)")
+        return 0
     png_path = args.out_dir / "cpu.png"
     plot(png_path, rows, libs, info)
-    print(f"wrote {json_path}\nwrote {png_path}")
+    print(f"wrote {png_path}")
     return 0
 
 
