@@ -77,7 +77,7 @@ class TinyBlock {
       T* x,
       T* l,
       const TinyLane<T>* lanes) {
-    TinyLane<T> lane[kLanes];
+    TinyLane<T> lane[kLanes] = {};
     int most_squarings = 0;
     for (int w = 0; w < count; ++w) {
       lane[w] = lanes[index[w]];
@@ -196,7 +196,7 @@ class TinyBlock {
     }
   }
 
-  static void scale_by(Mat& m, Lanes f) {
+  static void scale_by(Mat& m, const Lanes& f) {
     for (int p = 0; p < P; ++p) {
       for (int i = 0; i < NN; ++i) {
         m.v[p][i] *= f;
@@ -312,7 +312,7 @@ class TinyBlock {
     }
   }
 
-  static void select(Mask take, const Mat& from, Mat& to) {
+  static void select(const Mask& take, const Mat& from, Mat& to) {
     for (int p = 0; p < P; ++p) {
       for (int i = 0; i < NN; ++i) {
         to.v[p][i] = take ? from.v[p][i] : to.v[p][i];
