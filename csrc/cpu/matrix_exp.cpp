@@ -82,6 +82,16 @@ T mean_diagonal(const T* a, int n) {
   return T(sum / double(n));
 }
 
+// expm::decide for the n x n matrix a; col and col_shifted hold n sums.
+template <typename T>
+cpu::MatrixDecision<T>
+decide_matrix(const T* a, int n, double* col, double* col_shifted) {
+  T mu = mean_diagonal(a, n);
+  auto [norm, shifted_norm] = one_norms(a, n, mu, col, col_shifted);
+  expm::Decision d = expm::decide(norm, shifted_norm, precision_of<T>());
+  return {d.degree, d.squarings, d.shift ? mu : T(0)};
+}
+
 // e^mu in double precision.
 inline double exp_of(double mu) {
   return std::exp(mu);
@@ -124,13 +134,10 @@ class Evaluator {
   }
 
   void run(const T* a, const T* e, T* out_x, T* out_l) {
-    T mu = mean_diagonal(a, n_);
     col_.resize(n_);
     col_shifted_.resize(n_);
-    auto [norm, shifted_norm] =
-        one_norms(a, n_, mu, col_.data(), col_shifted_.data());
-    constexpr int precision = precision_of<T>();
-    expm::Decision plan = expm::decide(norm, shifted_norm, precision);
+    cpu::MatrixDecision<T> plan =
+        decide_matrix(a, n_, col_.data(), col_shifted_.data());
     if (plan.degree == expm::kNoAnswer) {
       std::fill(out_x, out_x + nn_, nan());
       if (out_l) {
@@ -138,10 +145,8 @@ class Evaluator {
       }
       return;
     }
-    bool shift = plan.shift;
-    if (!shift) {
-      mu = T(0);
-    }
+    T mu = plan.mu;
+    bool shift = mu != T(0);
     int d = plan.degree;
     int s = plan.squarings;
 
@@ -354,15 +359,11 @@ void tiny_batch(const T* pa, const T* pe, T* px, T* pl, int64_t batch) {
   if (batch == 0) {
     return;
   }
-  std::vector<cpu::TinyLane<T>> lanes(batch);
+  std::vector<cpu::MatrixDecision<T>> lanes(batch);
   parallel_for(batch, 20.0 * kNN, [&](int64_t begin, int64_t end) {
     double col[N], col_shifted[N];
     for (int64_t b = begin; b < end; ++b) {
-      const T* a = pa + size_t(b) * kNN;
-      T mu = mean_diagonal(a, N);
-      auto [norm, shifted_norm] = one_norms(a, N, mu, col, col_shifted);
-      expm::Decision d = expm::decide(norm, shifted_norm, precision_of<T>());
-      lanes[b] = {d.degree, d.squarings, d.shift ? mu : T(0)};
+      lanes[b] = decide_matrix(pa + size_t(b) * kNN, N, col, col_shifted);
     }
   });
 

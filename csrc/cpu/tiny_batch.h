@@ -27,9 +27,9 @@ namespace mlx_linalg_ext::cpu {
 // Sizes the lane-batched path takes; larger ones run a matrix at a time.
 constexpr int kTinyMaxN = 8;
 
-// What the caller decided for one matrix of the block (expm::decide).
+// What expm::decide gave one matrix, with its trace shift.
 template <typename T>
-struct TinyLane {
+struct MatrixDecision {
   int degree; // expm::kNoAnswer: the matrix's results are all NaN
   int squarings;
   T mu; // the trace shift, 0 where it is not used
@@ -76,8 +76,8 @@ class TinyBlock {
       const T* e,
       T* x,
       T* l,
-      const TinyLane<T>* lanes) {
-    TinyLane<T> lane[kLanes] = {};
+      const MatrixDecision<T>* lanes) {
+    MatrixDecision<T> lane[kLanes] = {};
     int most_squarings = 0;
     for (int w = 0; w < count; ++w) {
       lane[w] = lanes[index[w]];
@@ -99,7 +99,7 @@ class TinyBlock {
       const int64_t* index,
       const T* a,
       const T* e,
-      const TinyLane<T>* lane,
+      const MatrixDecision<T>* lane,
       int degree,
       int most_squarings,
       bool frechet) {
@@ -280,7 +280,7 @@ class TinyBlock {
   }
 
   // x (and dx) times e^(mu 2^-s), lane by lane, the product in double.
-  void rescale(const TinyLane<T>* lane, int count, bool frechet) {
+  void rescale(const MatrixDecision<T>* lane, int count, bool frechet) {
     for (int w = 0; w < count; ++w) {
       if (lane[w].mu == T(0)) {
         continue;
@@ -355,7 +355,7 @@ EXPM_TINY_AVX2 void run_tiny_avx2(
     const T* e,
     T* x,
     T* l,
-    const TinyLane<T>* lanes) {
+    const MatrixDecision<T>* lanes) {
   block.run(count, index, a, e, x, l, lanes);
 }
 
