@@ -338,4 +338,51 @@ EXPM_FN Decision decide(Real norm, Real shifted_norm, int precision) {
   return d;
 }
 
+// Overscaling (Al-Mohy & Higham 2009, "A New Scaling and Squaring Algorithm
+// for the Matrix Exponential", Sec. 4). The remainder of every degree is a
+// power series starting at x^(m+1), m + 1 >= 2, and every power k >= 2 is a
+// product of B^2s and B^3s, so ||B^k|| <= alpha^k with
+// alpha = max(||B^2||^(1/2), ||B^3||^(1/3)) <= ||B||: the thresholds hold for
+// alpha as they do for the 1-norm. For non-normal B, alpha can be orders of
+// magnitude below ||B||, and each squaring saved halves the amplification of
+// the rounding errors.
+//
+// Used for the last degree when the 1-norm asks for squarings: the first two
+// products of that program are B^2 and B^3 (asserted below), so a backend
+// forms them from the unscaled B, calls this with their 1-norms, and scales
+// B, B^2, B^3 by 2^-s, 4^-s, 8^-s. Power-of-two scaling is exact, so the
+// products are those of scaling first and no product is added. Returns the
+// smallest s <= squarings with ||B^2|| 4^-s <= theta^2 and ||B^3|| 8^-s <=
+// theta^3; a NaN norm keeps `squarings`.
+template <typename Real>
+EXPM_FN int refine_squarings(
+    Real norm2,
+    Real norm3,
+    int squarings,
+    int precision) {
+  Real theta = Real(kTheta[precision][kLastDegree]);
+  Real theta2 = theta * theta;
+  Real theta3 = theta2 * theta;
+  int s = 0;
+  while (s < squarings && !(norm2 <= theta2 && norm3 <= theta3)) {
+    norm2 *= Real(0.25);
+    norm3 *= Real(0.125);
+    ++s;
+  }
+  return s;
+}
+
+// Whether a decision is refined by refine_squarings.
+EXPM_FN bool refines_squarings(Decision d) {
+  return d.degree == kLastDegree && d.squarings > 0;
+}
+
+#if !defined(__METAL_VERSION__) && !defined(__CUDACC__)
+// The last degree's first products are B^2 = B B and B^3 = B^2 B.
+static_assert(kStepLeft[kFirstStep[kLastDegree]][1] == 1 &&
+              kStepRight[kFirstStep[kLastDegree]][1] == 1 &&
+              kStepLeft[kFirstStep[kLastDegree] + 1][2] == 1 &&
+              kStepRight[kFirstStep[kLastDegree] + 1][1] == 1);
+#endif
+
 } // namespace expm
