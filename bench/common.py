@@ -34,18 +34,36 @@ def random_matrices(rng, batch: int, n: int, dtype: str, norm: float) -> np.ndar
     return a.astype(dtype)
 
 
-def products_needed(a: np.ndarray) -> int:
-    """Matrix products the package spends on the batch a (its largest
-    matrix count): the degree's products plus the squarings, as the package's
-    own per-matrix decision takes them from the 1-norms of A and A - mu I."""
-    from mlx_linalg_ext._ext import decide
+def decision(a: np.ndarray) -> tuple[int, int]:
+    """(degree index or -1 for no answer, squarings) the package takes for
+    the one matrix a: the 1-norm choice from A and A - mu I (the smaller),
+    refined at the last degree from the 1-norms of B^2, B^3 (unscaled) and
+    then of B^2, B^3, B^6 scaled (B the matrix it scales), computed here in
+    float64 (csrc/expm_numerics.h)."""
+    from mlx_linalg_ext._ext import decide, refine_squarings, refine_squarings_sixth
 
     n = a.shape[-1]
-    w = wide(a).reshape(-1, n, n)
-    mu = np.trace(w, axis1=-2, axis2=-1) / n
-    shifted = one_norm(w - mu[:, None, None] * np.eye(n))
+    w = wide(a).reshape(n, n)
+    b = w - np.trace(w) / n * np.eye(n)
     double = np.asarray(a).dtype == np.float64
-    return max(
-        (decide(float(v), float(vs), double)[3] for v, vs in zip(one_norm(w), shifted)),
-        default=0,
-    )
+    shift, degree, s, _ = decide(float(one_norm(w)), float(one_norm(b)), double)
+    b = b if shift else w
+    if degree == 5 and s > 0:
+        b2, b3 = b @ b, b @ b @ b
+        s = refine_squarings(float(one_norm(b2)), float(one_norm(b3)), s, double)
+        b2, b3 = b2 * 4.0**-s, b3 * 8.0**-s
+        n2, n3, n6 = (float(one_norm(m)) for m in (b2, b3, b3 @ b3))
+        s = refine_squarings_sixth(n2, n3, n6, s, double)
+    return degree, s
+
+
+def products_needed(a: np.ndarray) -> int:
+    """Matrix products the package spends on the batch a (its largest
+    matrix count): the degree's products plus the squarings (decision())."""
+    n = a.shape[-1]
+    counts = [0]
+    for m in np.asarray(a).reshape(-1, n, n):
+        degree, s = decision(m)
+        if degree >= 0:
+            counts.append([0, 1, 2, 3, 4, 5][degree] + s)
+    return max(counts)

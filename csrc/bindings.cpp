@@ -69,6 +69,44 @@ NB_MODULE(_ext, m) {
       "matrix from the 1-norms of A and A - tr(A)/n I.");
 
   m.def(
+      "refine_squarings",
+      [](double norm2, double norm3, int squarings, bool double_precision) {
+        return expm::refine_squarings(
+            norm2,
+            norm3,
+            squarings,
+            double_precision ? expm::kDouble : expm::kSingle);
+      },
+      "norm2"_a,
+      "norm3"_a,
+      "squarings"_a,
+      "double_precision"_a,
+      "The squarings of a degree-18 matrix from the 1-norms of B^2 and B^3 "
+      "(B the shifted matrix), at most `squarings` (its 1-norm's choice).");
+
+  m.def(
+      "refine_squarings_sixth",
+      [](double norm2,
+         double norm3,
+         double norm6,
+         int squarings,
+         bool double_precision) {
+        return expm::refine_squarings_sixth(
+            norm2,
+            norm3,
+            norm6,
+            squarings,
+            double_precision ? expm::kDouble : expm::kSingle);
+      },
+      "norm2"_a,
+      "norm3"_a,
+      "norm6"_a,
+      "squarings"_a,
+      "double_precision"_a,
+      "The squarings after the second refinement, from the 1-norms of B^2, "
+      "B^3 and B^6 scaled for `squarings` (refine_squarings's choice).");
+
+  m.def(
       "get_active_memory",
       &mlx_linalg_ext::gpu_active_memory,
       "Bytes of GPU memory held by this package's own buffers.");

@@ -33,6 +33,17 @@
 #define EXPM_FN inline
 #endif
 
+#ifdef __METAL_VERSION__
+#define EXPM_LOG2 metal::log2
+#define EXPM_CEIL metal::ceil
+#define EXPM_MAX metal::fmax
+#else
+#include <cmath>
+#define EXPM_LOG2 std::log2
+#define EXPM_CEIL std::ceil
+#define EXPM_MAX std::fmax
+#endif
+
 namespace expm {
 
 // Integer constants are enumerators: Metal allows no other program-scope
@@ -355,11 +366,8 @@ EXPM_FN Decision decide(Real norm, Real shifted_norm, int precision) {
 // smallest s <= squarings with ||B^2|| 4^-s <= theta^2 and ||B^3|| 8^-s <=
 // theta^3; a NaN norm keeps `squarings`.
 template <typename Real>
-EXPM_FN int refine_squarings(
-    Real norm2,
-    Real norm3,
-    int squarings,
-    int precision) {
+EXPM_FN int
+refine_squarings(Real norm2, Real norm3, int squarings, int precision) {
   Real theta = Real(kTheta[precision][kLastDegree]);
   Real theta2 = theta * theta;
   Real theta3 = theta2 * theta;
@@ -372,6 +380,54 @@ EXPM_FN int refine_squarings(
   return s;
 }
 
+// The second refinement, from B^6 (the third product of the last degree):
+// every k >= 19 is 6q + r with r in {0, 2, 3, 4, 5, 7}, so
+// ||B^k|| <= beta^(k - r) N_r with beta = ||B^6||^(1/6) and N_r the bound on
+// ||B^r|| from ||B^2||, ||B^3|| (N_0 = 1, N_4 = ||B^2||^2, N_5 = ||B^2||
+// ||B^3||, N_7 = ||B^2||^2 ||B^3||); hence ||B^k|| <= beta^k K with
+// K = max_r N_r / beta^r >= 1. The remainder's terms start at degree 19, so
+// scaling x by t <= 1 scales h(x) / x by t^18 or less: beta K^(1/18) <= theta
+// bounds the remainder as ||B|| <= theta does. For B with small even powers
+// and large odd ones (B^2 = I with ||B|| = 1e6), this needs s = 1 where
+// refine_squarings needs 7.
+//
+// Arguments: the 1-norms of B^2, B^3, B^6 already scaled for `squarings`
+// (B^6 formed from the scaled B^3: unscaled, it overflows float32 from
+// ||B|| ~ 2^21). Returns s' <= squarings; the backend multiplies B, B^2,
+// B^3, B^6 by 2^d, 4^d, 8^d, 64^d, d = squarings - s' (exact). NaN keeps
+// `squarings`; B^6 = 0 needs no squaring.
+template <typename Real>
+EXPM_FN int refine_squarings_sixth(
+    Real norm2,
+    Real norm3,
+    Real norm6,
+    int squarings,
+    int precision) {
+  if (!(norm2 >= Real(0) && norm3 >= Real(0) && norm6 >= Real(0))) {
+    return squarings;
+  }
+  if (norm6 == Real(0)) {
+    return 0;
+  }
+  // log2 of beta^18 K = max_r N_r beta^(18 - r); log2(0) = -Inf drops a term.
+  const Real l2 = EXPM_LOG2(norm2);
+  const Real l3 = EXPM_LOG2(norm3);
+  const Real lb = EXPM_LOG2(norm6) / Real(6);
+  Real lk = Real(18) * lb;
+  lk = EXPM_MAX(lk, l2 + Real(16) * lb);
+  lk = EXPM_MAX(lk, l3 + Real(15) * lb);
+  lk = EXPM_MAX(lk, Real(2) * l2 + Real(14) * lb);
+  lk = EXPM_MAX(lk, l2 + l3 + Real(13) * lb);
+  lk = EXPM_MAX(lk, Real(2) * l2 + l3 + Real(11) * lb);
+  // Squarings to add (negative: to take away) at the current scaling.
+  const Real t = EXPM_CEIL(
+      lk / Real(18) - EXPM_LOG2(Real(kTheta[precision][kLastDegree])));
+  if (!(t < Real(0))) {
+    return squarings;
+  }
+  return t <= Real(-squarings) ? 0 : squarings + int(t);
+}
+
 // Whether a decision is refined by refine_squarings.
 EXPM_FN bool refines_squarings(Decision d) {
   return d.degree == kLastDegree && d.squarings > 0;
@@ -379,10 +435,11 @@ EXPM_FN bool refines_squarings(Decision d) {
 
 #if !defined(__METAL_VERSION__) && !defined(__CUDACC__)
 // The last degree's first products are B^2 = B B and B^3 = B^2 B.
-static_assert(kStepLeft[kFirstStep[kLastDegree]][1] == 1 &&
-              kStepRight[kFirstStep[kLastDegree]][1] == 1 &&
-              kStepLeft[kFirstStep[kLastDegree] + 1][2] == 1 &&
-              kStepRight[kFirstStep[kLastDegree] + 1][1] == 1);
+static_assert(
+    kStepLeft[kFirstStep[kLastDegree]][1] == 1 &&
+    kStepRight[kFirstStep[kLastDegree]][1] == 1 &&
+    kStepLeft[kFirstStep[kLastDegree] + 1][2] == 1 &&
+    kStepRight[kFirstStep[kLastDegree] + 1][1] == 1);
 #endif
 
 } // namespace expm

@@ -14,6 +14,7 @@
 
 #include "cpu/gemm.h"
 #include "cpu/tiny_batch.h"
+#include "cpu/triangular.h"
 #include "expm_numerics.h"
 #include "primitives.h"
 #ifdef MLX_LINALG_EXT_METAL_EMULATOR
@@ -43,6 +44,16 @@ constexpr int precision_of() {
   return std::is_same_v<T, double> ? expm::kDouble : expm::kSingle;
 }
 
+// The largest of n column sums; a NaN sum must win, which std::max does not
+// ensure.
+inline double largest_sum(const double* v, int n) {
+  double m = 0.0;
+  for (int j = 0; j < n; ++j) {
+    m = (v[j] > m || std::isnan(v[j])) ? v[j] : m;
+  }
+  return m;
+}
+
 // The 1-norms (largest column sum of |a_ij|) of A and of A - mu I,
 // accumulated in double so that a large finite matrix does not overflow.
 // col and col_shifted hold n sums each (the caller's, reused per matrix).
@@ -58,15 +69,19 @@ one_norms(const T* a, int n, T mu, double* col, double* col_shifted) {
       col_shifted[j] += std::abs(i == j ? aij - mu : aij);
     }
   }
-  // A NaN column sum must win, which std::max does not ensure.
-  auto largest = [n](const double* v) {
-    double m = 0.0;
+  return {largest_sum(col, n), largest_sum(col_shifted, n)};
+}
+
+// The 1-norm of the n x n matrix m; col holds n sums.
+template <typename T>
+double one_norm(const T* m, int n, double* col) {
+  std::fill(col, col + n, 0.0);
+  for (int i = 0; i < n; ++i) {
     for (int j = 0; j < n; ++j) {
-      m = (v[j] > m || std::isnan(v[j])) ? v[j] : m;
+      col[j] += std::abs(m[size_t(i) * n + j]);
     }
-    return m;
-  };
-  return {largest(col), largest(col_shifted)};
+  }
+  return largest_sum(col, n);
 }
 
 // tr(A)/n, summed in double: a float32 trace of huge diagonal entries would
@@ -89,7 +104,7 @@ decide_matrix(const T* a, int n, double* col, double* col_shifted) {
   T mu = mean_diagonal(a, n);
   auto [norm, shifted_norm] = one_norms(a, n, mu, col, col_shifted);
   expm::Decision d = expm::decide(norm, shifted_norm, precision_of<T>());
-  return {d.degree, d.squarings, d.shift ? mu : T(0)};
+  return {d.degree, d.squarings, d.shift ? mu : T(0), cpu::triangle_of(a, n)};
 }
 
 // e^mu in double precision.
@@ -149,6 +164,7 @@ class Evaluator {
     bool shift = mu != T(0);
     int d = plan.degree;
     int s = plan.squarings;
+    const bool refine = expm::refines_squarings({d, s, shift});
 
     T* free = scratch_;
     auto take = [&]() {
@@ -158,7 +174,35 @@ class Evaluator {
     };
     const T* slot[expm::kMaxSlots] = {};
     const T* dslot[expm::kMaxSlots] = {};
-    slot[1] = scaled(a, mu, s, take());
+    // Overscaling: B^2 and B^3 of the unscaled B give s
+    // (expm::refine_squarings); B, B^2, B^3 scaled exactly; then B^6 of the
+    // scaled B^3 may take squarings away (expm::refine_squarings_sixth).
+    int formed = 0; // products made before the loop
+    if (refine) {
+      T* power[4] = {take(), take(), take(), take()}; // B, B^2, B^3, B^6
+      scaled(a, mu, 0, power[0], /* copy= */ true);
+      gemm(n_, power[0], power[0], power[1]);
+      gemm(n_, power[1], power[0], power[2]);
+      double norm2 = one_norm(power[1], n_, col_.data());
+      double norm3 = one_norm(power[2], n_, col_.data());
+      s = expm::refine_squarings(norm2, norm3, s, precision_of<T>());
+      scale_powers(power, 3, s);
+      gemm(n_, power[2], power[2], power[3]);
+      int s6 = expm::refine_squarings_sixth(
+          std::ldexp(norm2, -2 * s),
+          std::ldexp(norm3, -3 * s),
+          one_norm(power[3], n_, col_.data()),
+          s,
+          precision_of<T>());
+      scale_powers(power, 4, s6 - s);
+      s = s6;
+      for (int k = 0; k < 4; ++k) {
+        slot[1 + k] = power[k];
+      }
+      formed = 3;
+    } else {
+      slot[1] = scaled(a, mu, s, take());
+    }
     if (with_frechet_) {
       dslot[1] = scaled(e, T(0), s, take());
     }
@@ -172,9 +216,11 @@ class Evaluator {
       int count = 2 + k; // the slots made before this step
       const T* l = combine(expm::kStepLeft[step], count, slot, true, left);
       const T* r = combine(expm::kStepRight[step], count, slot, true, right);
-      T* p = take();
-      gemm(n_, l, r, p);
-      slot[2 + k] = p;
+      if (k >= formed) {
+        T* p = take();
+        gemm(n_, l, r, p);
+        slot[2 + k] = p;
+      }
       if (with_frechet_) {
         // d(LR) = dL R + L dR; the identity slot has no derivative.
         const T* dl =
@@ -208,6 +254,17 @@ class Evaluator {
         rescale(dx, factor);
       }
     }
+    // Triangular A: the exact diagonal and first off-diagonal before every
+    // squaring and after the last (cpu/triangular.h).
+    const cpu::Triangle triangle = s > 0 ? plan.triangle : cpu::kFull;
+    auto put_band = [&](T* m, int k) {
+      if (triangle != cpu::kFull) {
+        cpu::exact_band(a, n_, triangle, k, [&](int i, int j, auto v) {
+          m[size_t(i) * n_ + j] = T(v);
+        });
+      }
+    };
+    put_band(x, s);
     for (int i = 0; i < s; ++i) {
       bool last = i == s - 1;
       T* y = last ? out_x : sq[(i + 1) % 2];
@@ -220,6 +277,7 @@ class Evaluator {
       }
       gemm(n_, x, x, y);
       x = y;
+      put_band(x, s - 1 - i);
     }
   }
 
@@ -229,9 +287,9 @@ class Evaluator {
   }
 
   // (a - mu I) * 2^-s in p (the scaling is exact); a itself if there is
-  // nothing to do.
-  const T* scaled(const T* a, T mu, int s, T* p) const {
-    if (s == 0 && mu == T(0)) {
+  // nothing to do, unless `copy`.
+  const T* scaled(const T* a, T mu, int s, T* p, bool copy = false) const {
+    if (s == 0 && mu == T(0) && !copy) {
       return a;
     }
     Real f = Real(std::ldexp(1.0, -s));
@@ -242,6 +300,18 @@ class Evaluator {
       p[size_t(i) * n_ + i] = (a[size_t(i) * n_ + i] - mu) * f;
     }
     return p;
+  }
+
+  // B, B^2, B^3, B^6 (the first `count`) times 2^(-e p) for their powers p
+  // (exact).
+  void scale_powers(T* const* power, int count, int e) const {
+    constexpr int kPower[4] = {1, 2, 3, 6};
+    for (int k = 0; k < count; ++k) {
+      const Real f = Real(std::ldexp(1.0, -e * kPower[k]));
+      for (size_t i = 0; i < nn_; ++i) {
+        power[k][i] *= f;
+      }
+    }
   }
 
   // x *= factor, the product formed in double.

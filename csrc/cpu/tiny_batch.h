@@ -20,6 +20,7 @@
 #include <type_traits>
 
 #include "cpu/gemm.h"
+#include "cpu/triangular.h"
 #include "expm_numerics.h"
 
 namespace mlx_linalg_ext::cpu {
@@ -33,6 +34,7 @@ struct MatrixDecision {
   int degree; // expm::kNoAnswer: the matrix's results are all NaN
   int squarings;
   T mu; // the trace shift, 0 where it is not used
+  Triangle triangle; // the exact band of cpu/triangular.h applies
 };
 
 // float and double: one plane; complex64: real and imaginary planes.
@@ -78,13 +80,11 @@ class TinyBlock {
       T* l,
       const MatrixDecision<T>* lanes) {
     MatrixDecision<T> lane[kLanes] = {};
-    int most_squarings = 0;
     for (int w = 0; w < count; ++w) {
       lane[w] = lanes[index[w]];
-      most_squarings = std::max(most_squarings, lane[w].squarings);
     }
     const bool frechet = e != nullptr;
-    evaluate(count, index, a, e, lane, lane[0].degree, most_squarings, frechet);
+    evaluate(count, index, a, e, lane, lane[0].degree, frechet);
     for (int w = 0; w < count; ++w) {
       store(x + size_t(index[w]) * NN, x_, w);
       if (frechet) {
@@ -99,15 +99,13 @@ class TinyBlock {
       const int64_t* index,
       const T* a,
       const T* e,
-      const MatrixDecision<T>* lane,
+      MatrixDecision<T>* lane,
       int degree,
-      int most_squarings,
       bool frechet) {
-    // Slot 1 = (A - mu I) 2^-s lane by lane (exact scaling); empty lanes and
-    // lanes without an answer hold zeros.
-    Lanes scale = {}, shift_re = {}, shift_im = {};
+    // Slot 1 = B = A - mu I lane by lane; empty lanes and lanes without an
+    // answer hold zeros.
+    Lanes shift_re = {}, shift_im = {};
     for (int w = 0; w < count; ++w) {
-      scale[w] = Real(std::ldexp(1.0, -lane[w].squarings));
       shift_re[w] = std::real(lane[w].mu);
       shift_im[w] = std::imag(lane[w].mu);
     }
@@ -118,8 +116,55 @@ class TinyBlock {
         slot_[1].v[1][i] -= shift_im;
       }
     }
-    scale_by(slot_[1], scale);
+    // Overscaling: at the last degree, B^2 and B^3 of the unscaled B give
+    // each lane its s (expm::refine_squarings), B, B^2, B^3 are scaled
+    // exactly, then B^6 may take squarings away
+    // (expm::refine_squarings_sixth): the products are those of scaling B
+    // by the final 2^-s first.
+    int formed = 0; // products made before the program's loop
+    int most_squarings = 0;
+    for (int w = 0; w < count; ++w) {
+      most_squarings = std::max(most_squarings, lane[w].squarings);
+    }
+    if (degree == expm::kLastDegree && most_squarings > 0) {
+      product(slot_[1], slot_[1], slot_[2], false);
+      product(slot_[2], slot_[1], slot_[3], false);
+      int first[kLanes] = {};
+      for (int w = 0; w < count; ++w) {
+        first[w] = expm::refine_squarings(
+            lane_norm(slot_[2], w),
+            lane_norm(slot_[3], w),
+            lane[w].squarings,
+            precision());
+      }
+      scale_powers(first, count, 3);
+      product(slot_[3], slot_[3], slot_[4], false);
+      int change[kLanes] = {};
+      most_squarings = 0;
+      for (int w = 0; w < count; ++w) {
+        lane[w].squarings = expm::refine_squarings_sixth(
+            lane_norm(slot_[2], w),
+            lane_norm(slot_[3], w),
+            lane_norm(slot_[4], w),
+            first[w],
+            precision());
+        change[w] = lane[w].squarings - first[w];
+        most_squarings = std::max(most_squarings, lane[w].squarings);
+      }
+      scale_powers(change, count, 4);
+      formed = 3;
+    } else {
+      int s[kLanes] = {};
+      for (int w = 0; w < count; ++w) {
+        s[w] = lane[w].squarings;
+      }
+      scale_powers(s, count, 1);
+    }
     if (frechet) {
+      Lanes scale = {};
+      for (int w = 0; w < count; ++w) {
+        scale[w] = Real(std::ldexp(1.0, -lane[w].squarings));
+      }
       load(e, count, index, dslot_[1]);
       scale_by(dslot_[1], scale);
     }
@@ -133,7 +178,9 @@ class TinyBlock {
           combine(expm::kStepLeft[step], count_slots, slot, true, left_);
       const Mat* right =
           combine(expm::kStepRight[step], count_slots, slot, true, right_);
-      product(*left, *right, slot_[2 + k], false);
+      if (k >= formed) {
+        product(*left, *right, slot_[2 + k], false);
+      }
       slot[2 + k] = &slot_[2 + k];
       if (frechet) {
         // d(LR) = dL R + L dR; the identity slot has no derivative.
@@ -155,6 +202,28 @@ class TinyBlock {
     // path does): the squarings never leave the range of the result.
     rescale(lane, count, frechet);
 
+    // Triangular lanes: the exact diagonal and first off-diagonal before
+    // every squaring and after the last (cpu/triangular.h).
+    auto put_band = [&](int step) {
+      for (int w = 0; w < count; ++w) {
+        int k = lane[w].squarings - step;
+        if (lane[w].triangle == kFull || k < 0 || lane[w].squarings == 0) {
+          continue;
+        }
+        exact_band(
+            a + size_t(index[w]) * NN,
+            N,
+            lane[w].triangle,
+            k,
+            [&](int i, int j, auto v) {
+              x_.v[0][i * N + j][w] = Real(std::real(v));
+              if constexpr (P == 2) {
+                x_.v[1][i * N + j][w] = Real(std::imag(v));
+              }
+            });
+      }
+    };
+    put_band(0);
     for (int i = 0; i < most_squarings; ++i) {
       Mask take = {};
       for (int w = 0; w < count; ++w) {
@@ -168,7 +237,40 @@ class TinyBlock {
       }
       product(x_, x_, right_, false);
       select(take, right_, x_);
+      put_band(i + 1);
     }
+  }
+
+  // Slots 1 .. `slots` (B, B^2, B^3, B^6) times 2^(-e p) lane by lane for
+  // their powers p (exact).
+  void scale_powers(const int* e, int count, int slots) {
+    constexpr int kPower[4] = {1, 2, 3, 6};
+    for (int k = 0; k < slots; ++k) {
+      Lanes f = {};
+      for (int w = 0; w < count; ++w) {
+        f[w] = Real(std::ldexp(1.0, -e[w] * kPower[k]));
+      }
+      scale_by(slot_[1 + k], f);
+    }
+  }
+
+  static constexpr int precision() {
+    return std::is_same_v<Real, double> ? expm::kDouble : expm::kSingle;
+  }
+
+  // The 1-norm of lane w of m, summed in double (NaN wins).
+  static double lane_norm(const Mat& m, int w) {
+    double norm = 0.0;
+    for (int j = 0; j < N; ++j) {
+      double col = 0.0;
+      for (int i = 0; i < N; ++i) {
+        double re = m.v[0][i * N + j][w];
+        double im = P == 2 ? double(m.v[P - 1][i * N + j][w]) : 0.0;
+        col += P == 2 ? std::hypot(re, im) : std::abs(re);
+      }
+      norm = (col > norm || std::isnan(col)) ? col : norm;
+    }
+    return norm;
   }
 
   // The lanes of m, entry by entry: row-major matrices in, lane rows out;
