@@ -645,7 +645,8 @@ template <typename T>
 // holds the per-matrix parameters and then kLargeBuffers n x n buffers per
 // matrix and pass. Each threadgroup reads its matrix's parameters and returns
 // at once when the matrix does not need its step. ints: {n, batch, index of
-// the step (product position or squaring), frechet}.
+// the step (product position or squaring), frechet}; the product kernel
+// takes a fifth int (see there).
 // ---------------------------------------------------------------------------
 
 inline device float* matrix_params(device char* work, int b) {
@@ -745,11 +746,13 @@ template <typename T>
     p[kParamMuIm] = dec.shift ? Elem<T>::im(mu) : 0.0f;
     p[kParamFactorRe] = Elem<T>::re(factor);
     p[kParamFactorIm] = Elem<T>::im(factor);
+    p[kParamRefine] = expm::refines_squarings(dec) ? 1.0f : 0.0f;
   }
 }
 
 // (A - mu I) 2^-s into slot A and E 2^-s into its derivative; all-NaN
-// outputs where there is no answer.
+// outputs where there is no answer. A matrix whose squarings expm_refine
+// refines gets A - mu I unscaled, and its E from expm_rescale.
 template <typename T, bool Frechet>
 void expm_scale_body(
     const device T* a_all,
@@ -767,7 +770,8 @@ void expm_scale_body(
   const ulong base = ulong(b) * ulong(nn);
   const device float* p = matrix_params(work, b);
   const int d = int(p[kParamDegree]);
-  const float scale = ldexp(1.0f, -int(p[kParamSquarings]));
+  const bool refine = p[kParamRefine] != 0.0f;
+  const float scale = refine ? 1.0f : ldexp(1.0f, -int(p[kParamSquarings]));
   const T mu = Elem<T>::make(p[kParamMuRe], p[kParamMuIm]);
   device T* sa = matrix_buffer<T>(work, n, batch, Frechet, b, slot_buffer(1));
   device T* se = matrix_buffer<T>(
@@ -789,7 +793,7 @@ void expm_scale_body(
       v = v - mu;
     }
     sa[idx] = scale * v;
-    if (Frechet) {
+    if (Frechet && !refine) {
       se[idx] = scale * e_all[base + idx];
     }
   }
@@ -1007,7 +1011,10 @@ inline void product_tile(
 }
 
 // Product position k: P = L R into slot 2 + k (group.z = b * passes + 0) and
-// dP = dL R + L dR into its derivative (group.z = b * passes + 1).
+// dP = dL R + L dR into its derivative (group.z = b * passes + 1). A refined
+// matrix (kParamRefine) takes the derivatives of its first two products
+// from a later dispatch of its own (ints[4] = 1, group.z = b), after
+// expm_rescale.
 template <typename T>
 [[kernel]] void expm_product(
     device char* work [[buffer(0)]],
@@ -1021,11 +1028,17 @@ template <typename T>
   const int batch = ints[1];
   const int k = ints[2];
   const bool frechet = ints[3] != 0;
-  const int passes = frechet ? 2 : 1;
+  const bool late = ints[4] != 0;
+  const int passes = frechet && !late ? 2 : 1;
   const int b = int(group.z) / passes;
-  const int pass = int(group.z) % passes;
-  const int d = int(matrix_params(work, b)[kParamDegree]);
+  const int pass = late ? 1 : int(group.z) % passes;
+  const device float* params = matrix_params(work, b);
+  const int d = int(params[kParamDegree]);
   if (d == expm::kNoAnswer || k >= expm::kNumProducts[d]) {
+    return;
+  }
+  const bool refine = params[kParamRefine] != 0.0f;
+  if (late ? !refine : refine && k < 2 && pass == 1) {
     return;
   }
   const int step = expm::kFirstStep[d] + k;
@@ -1059,6 +1072,127 @@ template <typename T>
   device T* dp = matrix_buffer<T>(
       work, n, batch, frechet, b, kLargeBuffers + slot_buffer(2 + k));
   product_tile(dl, r, l, dr, 2, n, group, smem, tid.x, sg, lane, dp);
+}
+
+// The squarings of the matrices with kParamRefine from the 1-norms of their
+// first two products, B^2 and B^3 of the unscaled B (expm::refine_squarings),
+// and the factor e^(mu 2^-s) of the refined s; one threadgroup per matrix.
+template <typename T>
+[[kernel]] void expm_refine(
+    device char* work [[buffer(0)]],
+    constant int* ints [[buffer(1)]],
+    threadgroup char* smem EXPM_THREADGROUP_MEMORY,
+    uint3 tid3 [[thread_position_in_threadgroup]],
+    uint3 group [[threadgroup_position_in_grid]],
+    uint3 threads3 [[threads_per_threadgroup]]) {
+  const int n = ints[0];
+  const int batch = ints[1];
+  const bool frechet = ints[3] != 0;
+  const int b = int(group.x);
+  const int tid = int(tid3.x);
+  const int threads = int(threads3.x);
+  device float* p = matrix_params(work, b);
+  if (p[kParamRefine] == 0.0f) {
+    return;
+  }
+  const device T* p2 =
+      matrix_buffer<T>(work, n, batch, frechet, b, slot_buffer(2));
+  const device T* p3 =
+      matrix_buffer<T>(work, n, batch, frechet, b, slot_buffer(3));
+  threadgroup float* part = (threadgroup float*)smem;
+  threadgroup float* part3 = part + threads;
+  // As the 1-norms of expm_params: consecutive threads, consecutive columns.
+  float norm2 = 0.0f;
+  float norm3 = 0.0f;
+  for (int j = tid; j < n; j += threads) {
+    float c2 = 0.0f;
+    float c3 = 0.0f;
+    for (int i = 0; i < n; ++i) {
+      c2 += Elem<T>::magnitude(p2[long(i) * n + j]);
+      c3 += Elem<T>::magnitude(p3[long(i) * n + j]);
+    }
+    norm2 = nan_max(norm2, c2);
+    norm3 = nan_max(norm3, c3);
+  }
+  part[tid] = norm2;
+  part3[tid] = norm3;
+  threadgroup_barrier(mem_flags::mem_threadgroup);
+  if (tid == 0) {
+    for (int t = 1; t < threads; ++t) {
+      norm2 = nan_max(norm2, part[t]);
+      norm3 = nan_max(norm3, part3[t]);
+    }
+    const int s = expm::refine_squarings(
+        norm2, norm3, int(p[kParamSquarings]), expm::kSingle);
+    const float scale = ldexp(1.0f, -s);
+    T factor = p[kParamShift] != 0.0f
+        ? Elem<T>::exp_of(p[kParamMuRe] * scale, p[kParamMuIm] * scale)
+        : Elem<T>::make(1.0f, 0.0f);
+    p[kParamSquarings] = float(s);
+    p[kParamFactorRe] = Elem<T>::re(factor);
+    p[kParamFactorIm] = Elem<T>::im(factor);
+  }
+}
+
+// B 2^-s, B^2 4^-s, B^3 8^-s (and E 2^-s) of the matrices with kParamRefine,
+// with their refined s: exactly the slots of scaling B first.
+template <typename T, bool Frechet>
+void expm_rescale_body(
+    const device T* e_all,
+    device char* work,
+    constant int* ints,
+    uint tid,
+    uint3 group) {
+  const int n = ints[0];
+  const int batch = ints[1];
+  const int b = int(group.z);
+  const device float* p = matrix_params(work, b);
+  if (p[kParamRefine] == 0.0f) {
+    return;
+  }
+  const float scale = ldexp(1.0f, -int(p[kParamSquarings]));
+  const float scale2 = scale * scale;
+  const float scale3 = scale2 * scale;
+  const long nn = long(n) * n;
+  const ulong base = ulong(b) * ulong(nn);
+  device T* s1 = matrix_buffer<T>(work, n, batch, Frechet, b, slot_buffer(1));
+  device T* s2 = matrix_buffer<T>(work, n, batch, Frechet, b, slot_buffer(2));
+  device T* s3 = matrix_buffer<T>(work, n, batch, Frechet, b, slot_buffer(3));
+  device T* se = Frechet
+      ? matrix_buffer<T>(
+            work, n, batch, Frechet, b, kLargeBuffers + slot_buffer(1))
+      : s1;
+  for (int r = 0; r < kElemPerGroup / kElemThreads; ++r) {
+    long idx = long(group.x) * kElemPerGroup + r * kElemThreads + tid;
+    if (idx >= nn) {
+      break;
+    }
+    s1[idx] = scale * s1[idx];
+    s2[idx] = scale2 * s2[idx];
+    s3[idx] = scale3 * s3[idx];
+    if (Frechet) {
+      se[idx] = scale * e_all[base + idx];
+    }
+  }
+}
+
+template <typename T>
+[[kernel]] void expm_rescale(
+    device char* work [[buffer(0)]],
+    constant int* ints [[buffer(1)]],
+    uint3 tid [[thread_position_in_threadgroup]],
+    uint3 group [[threadgroup_position_in_grid]]) {
+  expm_rescale_body<T, false>(nullptr, work, ints, tid.x, group);
+}
+
+template <typename T>
+[[kernel]] void expm_frechet_rescale(
+    const device T* e [[buffer(0)]],
+    device char* work [[buffer(1)]],
+    constant int* ints [[buffer(2)]],
+    uint3 tid [[thread_position_in_threadgroup]],
+    uint3 group [[threadgroup_position_in_grid]]) {
+  expm_rescale_body<T, true>(e, work, ints, tid.x, group);
 }
 
 // The approximant times e^(mu 2^-s): into the outputs when s = 0, else into
