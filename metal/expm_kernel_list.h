@@ -13,6 +13,9 @@
   X(expm_frechet_scale, T, name)          \
   X(expm_combine, T, name)                \
   X(expm_product, T, name)                \
+  X(expm_refine, T, name)                 \
+  X(expm_rescale, T, name)                \
+  X(expm_frechet_rescale, T, name)        \
   X(expm_final, T, name)                  \
   X(expm_frechet_final, T, name)          \
   X(expm_square, T, name)                 \

@@ -5,7 +5,10 @@
 //
 // Per matrix, on the device: the 1-norms of A and A - mu I (mu = tr(A) / n),
 // expm::decide, the product program of the chosen degree (expm_numerics.h),
-// the factor e^(mu 2^-s), and s squarings. The Frechet kernels carry the
+// the factor e^(mu 2^-s), and s squarings. Where the decision is the last
+// degree with squarings, the first two products B^2, B^3 are formed from the
+// unscaled B = A - mu I and their 1-norms refine s
+// (expm::refine_squarings) before the scaling. The Frechet kernels carry the
 // derivative through the same program: dP = dL R + L dR for each product and
 // d(X^2) = X dX + dX X for each squaring.
 #pragma once
@@ -59,6 +62,7 @@ inline float nan_max(float m, float x) {
 //                     Own; those >= n * n are skipped)
 //   a_at, e_at        elements of A and E
 //   norms             the 1-norms of A and A - mu I
+//   buffer_norms      the 1-norms of two of the buffers
 //   barrier           between one step's writes and the next step's reads
 //   store             the results
 // Element idx of buffer q sits at bufs[(q * n * n + idx) * S]: S = 1 for one
@@ -188,10 +192,16 @@ inline int small_destination(
   return take_buffer(used);
 }
 
-// The entries this thread owns of L R, and with the derivative dL R + L dR,
-// into registers: a product may then overwrite its operands once every
-// thread is done reading them. A squaring is L = R = X, dL = dR = dX.
-template <bool Frechet, int Own, int S, typename T, typename V>
+// What a product step computes: the primal product L R, the derivative
+// dL R + L dR, or both. A refined decision (expm::refines_squarings) forms
+// its first two primal products from the unscaled matrix and their
+// derivatives only after the scaling is known.
+enum : int { kPrimal = 1, kDerivative = 2, kBoth = 3 };
+
+// The entries this thread owns of L R and/or dL R + L dR (Mode), into
+// registers: a product may then overwrite its operands once every thread is
+// done reading them. A squaring is L = R = X, dL = dR = dX.
+template <int Mode, int Own, int S, typename T, typename V>
 void small_product(
     thread const V& v,
     const threadgroup T* lb,
@@ -213,8 +223,10 @@ void small_product(
       for (int m = 0; m < n; ++m) {
         T l = lb[(i * n + m) * S];
         T rt = rb[(m * n + j) * S];
-        acc = mul_add(l, rt, acc);
-        if (Frechet) {
+        if (Mode & kPrimal) {
+          acc = mul_add(l, rt, acc);
+        }
+        if (Mode & kDerivative) {
           dacc = mul_add(dlb[(i * n + m) * S], rt, dacc);
           dacc = mul_add(l, drb[(m * n + j) * S], dacc);
         }
@@ -222,6 +234,100 @@ void small_product(
       p[r] = acc;
       dp[r] = dacc;
     }
+  }
+}
+
+// Product position k of degree d (Mode: which passes), from the slots made
+// before it into slot 2 + k. Operand buffers made for the product are
+// reused for its result or freed.
+template <int Mode, int Own, int S, typename T, typename V>
+void small_step(
+    thread const V& v,
+    int d,
+    int k,
+    thread int* slot,
+    thread int* dslot,
+    thread uint& used,
+    thread uint& dused) {
+  const int n = v.n;
+  const int nn = n * n;
+  threadgroup T* bufs = v.bufs;
+  threadgroup T* dbufs = v.dbufs;
+  const int step = expm::kFirstStep[d] + k;
+  const int count = 2 + k;
+  Coefs cl = expm::kStepLeft[step];
+  Coefs cr = expm::kStepRight[step];
+  // The primal operands are read by both passes.
+  bool ls, rs, dls = false, drs = false;
+  int lq = small_operand<Own, S>(cl, count, slot, bufs, used, true, v, ls);
+  int rq = small_operand<Own, S>(cr, count, slot, bufs, used, true, v, rs);
+  int dlq = 0;
+  int drq = 0;
+  if (Mode & kDerivative) {
+    dlq = small_operand<Own, S>(cl, count, dslot, dbufs, dused, false, v, dls);
+    drq = small_operand<Own, S>(cr, count, dslot, dbufs, dused, false, v, drs);
+  }
+  v.barrier();
+
+  T p[Own];
+  T dp[Own];
+  small_product<Mode, Own, S>(
+      v,
+      bufs + lq * nn * S,
+      bufs + rq * nn * S,
+      dbufs + dlq * nn * S,
+      dbufs + drq * nn * S,
+      p,
+      dp);
+  v.barrier();
+
+  int pq = 0;
+  if (Mode & kPrimal) {
+    pq = small_destination(used, lq, ls, rq, rs);
+    slot[2 + k] = pq;
+  } else {
+    if (ls) {
+      free_buffer(used, lq);
+    }
+    if (rs && rq != lq) {
+      free_buffer(used, rq);
+    }
+  }
+  int dpq = 0;
+  if (Mode & kDerivative) {
+    dpq = small_destination(dused, dlq, dls, drq, drs);
+    dslot[2 + k] = dpq;
+  }
+  EXPM_UNROLL
+  for (int r = 0; r < Own; ++r) {
+    int idx = v.owned(r);
+    if (idx < nn) {
+      if (Mode & kPrimal) {
+        bufs[(pq * nn + idx) * S] = p[r];
+      }
+      if (Mode & kDerivative) {
+        dbufs[(dpq * nn + idx) * S] = dp[r];
+      }
+    }
+  }
+  v.barrier();
+}
+
+// The sums of |x_ij| over column j of the buffers x and y (element idx at
+// [idx * S]).
+template <int S, typename T>
+void buffer_column_sums(
+    const threadgroup T* x,
+    const threadgroup T* y,
+    int n,
+    int j,
+    thread float& cx,
+    thread float& cy) {
+  cx = 0.0f;
+  cy = 0.0f;
+  for (int i = 0; i < n; ++i) {
+    cx += Elem<T>::magnitude(x[(i * n + j) * S]);
+    cy += Elem<T>::magnitude(y[(i * n + j) * S]);
   }
 }
 
@@ -260,8 +366,11 @@ void expm_program(thread const V& v) {
     mu = Elem<T>::make(0.0f, 0.0f);
   }
   const int d = dec.degree;
-  const int s = dec.squarings;
-  const float scale = ldexp(1.0f, -s);
+  // A refined decision starts from the unscaled matrix: its squarings are
+  // known after the first two products (expm::refine_squarings).
+  const bool refine = expm::refines_squarings(dec);
+  int s = dec.squarings;
+  float scale = refine ? 1.0f : ldexp(1.0f, -s);
 
   // Slot j >= 1 lives in buffer slot[j] (dslot[j] for the derivative).
   uint used = 0;
@@ -279,61 +388,54 @@ void expm_program(thread const V& v) {
         x = x - mu;
       }
       bufs[(slot[1] * nn + idx) * S] = scale * x;
-      if (Frechet) {
+      if (Frechet && !refine) {
         dbufs[(dslot[1] * nn + idx) * S] = scale * v.e_at(idx);
       }
     }
   }
   v.barrier();
 
-  for (int k = 0; k < expm::kNumProducts[d]; ++k) {
-    const int step = expm::kFirstStep[d] + k;
-    const int count = 2 + k;
-    Coefs cl = expm::kStepLeft[step];
-    Coefs cr = expm::kStepRight[step];
-    bool ls, rs, dls = false, drs = false;
-    int lq = small_operand<Own, S>(cl, count, slot, bufs, used, true, v, ls);
-    int rq = small_operand<Own, S>(cr, count, slot, bufs, used, true, v, rs);
-    int dlq = 0;
-    int drq = 0;
-    if (Frechet) {
-      dlq =
-          small_operand<Own, S>(cl, count, dslot, dbufs, dused, false, v, dls);
-      drq =
-          small_operand<Own, S>(cr, count, dslot, dbufs, dused, false, v, drs);
-    }
-    v.barrier();
-
-    T p[Own];
-    T dp[Own];
-    small_product<Frechet, Own, S>(
-        v,
-        bufs + lq * nn * S,
-        bufs + rq * nn * S,
-        dbufs + dlq * nn * S,
-        dbufs + drq * nn * S,
-        p,
-        dp);
-    v.barrier();
-
-    int pq = small_destination(used, lq, ls, rq, rs);
-    slot[2 + k] = pq;
-    int dpq = 0;
-    if (Frechet) {
-      dpq = small_destination(dused, dlq, dls, drq, drs);
-      dslot[2 + k] = dpq;
-    }
+  int first = 0;
+  if (refine) {
+    // B^2 and B^3 of the unscaled B, their 1-norms and the squarings they
+    // allow; then B, B^2, B^3 (and E) scaled, exactly, as if B had been
+    // scaled first, and the derivatives of the two products from the scaled
+    // slots.
+    small_step<kPrimal, Own, S, T>(v, d, 0, slot, dslot, used, dused);
+    small_step<kPrimal, Own, S, T>(v, d, 1, slot, dslot, used, dused);
+    float norm2;
+    float norm3;
+    v.buffer_norms(
+        bufs + slot[2] * nn * S, bufs + slot[3] * nn * S, norm2, norm3);
+    s = expm::refine_squarings(norm2, norm3, s, expm::kSingle);
+    scale = ldexp(1.0f, -s);
+    const float scale2 = scale * scale;
+    const float scale3 = scale2 * scale;
     EXPM_UNROLL
     for (int r = 0; r < Own; ++r) {
       int idx = v.owned(r);
       if (idx < nn) {
-        bufs[(pq * nn + idx) * S] = p[r];
+        threadgroup T* b1 = bufs + (slot[1] * nn + idx) * S;
+        threadgroup T* b2 = bufs + (slot[2] * nn + idx) * S;
+        threadgroup T* b3 = bufs + (slot[3] * nn + idx) * S;
+        *b1 = scale * *b1;
+        *b2 = scale2 * *b2;
+        *b3 = scale3 * *b3;
         if (Frechet) {
-          dbufs[(dpq * nn + idx) * S] = dp[r];
+          dbufs[(dslot[1] * nn + idx) * S] = scale * v.e_at(idx);
         }
       }
     }
     v.barrier();
+    if (Frechet) {
+      small_step<kDerivative, Own, S, T>(v, d, 0, slot, dslot, used, dused);
+      small_step<kDerivative, Own, S, T>(v, d, 1, slot, dslot, used, dused);
+    }
+    first = 2;
+  }
+  for (int k = first; k < expm::kNumProducts[d]; ++k) {
+    small_step<Frechet ? kBoth : kPrimal, Own, S, T>(
+        v, d, k, slot, dslot, used, dused);
   }
 
   // The approximant times e^(mu 2^-s) (the squarings then stay in the range
@@ -380,7 +482,8 @@ void expm_program(thread const V& v) {
     const bool last = q == s - 1;
     T y[Own];
     T dy[Own];
-    small_product<Frechet, Own, S>(v, xb, xb, dxb, dxb, y, dy);
+    small_product<Frechet ? kBoth : kPrimal, Own, S>(
+        v, xb, xb, dxb, dxb, y, dy);
     if (!last) {
       v.barrier();
     }
@@ -456,6 +559,28 @@ struct SmallMatrix {
       shifted_norm = nan_max(shifted_norm, colsum[kSmallMaxN + j]);
     }
   }
+  // The same for two buffers (after a barrier that published them); the
+  // column sums reuse the scratch, whose last reads precede that barrier.
+  void buffer_norms(
+      const threadgroup T* x,
+      const threadgroup T* y,
+      thread float& nx,
+      thread float& ny) const {
+    if (int(tid) < n) {
+      float cx;
+      float cy;
+      buffer_column_sums<1>(x, y, n, int(tid), cx, cy);
+      colsum[tid] = cx;
+      colsum[kSmallMaxN + tid] = cy;
+    }
+    barrier();
+    nx = 0.0f;
+    ny = 0.0f;
+    for (int j = 0; j < n; ++j) {
+      nx = nan_max(nx, colsum[j]);
+      ny = nan_max(ny, colsum[kSmallMaxN + j]);
+    }
+  }
 };
 
 template <typename T, bool Frechet>
@@ -520,7 +645,8 @@ template <typename T>
 // holds the per-matrix parameters and then kLargeBuffers n x n buffers per
 // matrix and pass. Each threadgroup reads its matrix's parameters and returns
 // at once when the matrix does not need its step. ints: {n, batch, index of
-// the step (product position or squaring), frechet}.
+// the step (product position or squaring), frechet}; the product kernel
+// takes a fifth int (see there).
 // ---------------------------------------------------------------------------
 
 inline device float* matrix_params(device char* work, int b) {
@@ -620,11 +746,13 @@ template <typename T>
     p[kParamMuIm] = dec.shift ? Elem<T>::im(mu) : 0.0f;
     p[kParamFactorRe] = Elem<T>::re(factor);
     p[kParamFactorIm] = Elem<T>::im(factor);
+    p[kParamRefine] = expm::refines_squarings(dec) ? 1.0f : 0.0f;
   }
 }
 
 // (A - mu I) 2^-s into slot A and E 2^-s into its derivative; all-NaN
-// outputs where there is no answer.
+// outputs where there is no answer. A matrix whose squarings expm_refine
+// refines gets A - mu I unscaled, and its E from expm_rescale.
 template <typename T, bool Frechet>
 void expm_scale_body(
     const device T* a_all,
@@ -642,7 +770,8 @@ void expm_scale_body(
   const ulong base = ulong(b) * ulong(nn);
   const device float* p = matrix_params(work, b);
   const int d = int(p[kParamDegree]);
-  const float scale = ldexp(1.0f, -int(p[kParamSquarings]));
+  const bool refine = p[kParamRefine] != 0.0f;
+  const float scale = refine ? 1.0f : ldexp(1.0f, -int(p[kParamSquarings]));
   const T mu = Elem<T>::make(p[kParamMuRe], p[kParamMuIm]);
   device T* sa = matrix_buffer<T>(work, n, batch, Frechet, b, slot_buffer(1));
   device T* se = matrix_buffer<T>(
@@ -664,7 +793,7 @@ void expm_scale_body(
       v = v - mu;
     }
     sa[idx] = scale * v;
-    if (Frechet) {
+    if (Frechet && !refine) {
       se[idx] = scale * e_all[base + idx];
     }
   }
@@ -882,7 +1011,10 @@ inline void product_tile(
 }
 
 // Product position k: P = L R into slot 2 + k (group.z = b * passes + 0) and
-// dP = dL R + L dR into its derivative (group.z = b * passes + 1).
+// dP = dL R + L dR into its derivative (group.z = b * passes + 1). A refined
+// matrix (kParamRefine) takes the derivatives of its first two products
+// from a later dispatch of its own (ints[4] = 1, group.z = b), after
+// expm_rescale.
 template <typename T>
 [[kernel]] void expm_product(
     device char* work [[buffer(0)]],
@@ -896,11 +1028,17 @@ template <typename T>
   const int batch = ints[1];
   const int k = ints[2];
   const bool frechet = ints[3] != 0;
-  const int passes = frechet ? 2 : 1;
+  const bool late = ints[4] != 0;
+  const int passes = frechet && !late ? 2 : 1;
   const int b = int(group.z) / passes;
-  const int pass = int(group.z) % passes;
-  const int d = int(matrix_params(work, b)[kParamDegree]);
+  const int pass = late ? 1 : int(group.z) % passes;
+  const device float* params = matrix_params(work, b);
+  const int d = int(params[kParamDegree]);
   if (d == expm::kNoAnswer || k >= expm::kNumProducts[d]) {
+    return;
+  }
+  const bool refine = params[kParamRefine] != 0.0f;
+  if (late ? !refine : refine && k < 2 && pass == 1) {
     return;
   }
   const int step = expm::kFirstStep[d] + k;
@@ -934,6 +1072,127 @@ template <typename T>
   device T* dp = matrix_buffer<T>(
       work, n, batch, frechet, b, kLargeBuffers + slot_buffer(2 + k));
   product_tile(dl, r, l, dr, 2, n, group, smem, tid.x, sg, lane, dp);
+}
+
+// The squarings of the matrices with kParamRefine from the 1-norms of their
+// first two products, B^2 and B^3 of the unscaled B (expm::refine_squarings),
+// and the factor e^(mu 2^-s) of the refined s; one threadgroup per matrix.
+template <typename T>
+[[kernel]] void expm_refine(
+    device char* work [[buffer(0)]],
+    constant int* ints [[buffer(1)]],
+    threadgroup char* smem EXPM_THREADGROUP_MEMORY,
+    uint3 tid3 [[thread_position_in_threadgroup]],
+    uint3 group [[threadgroup_position_in_grid]],
+    uint3 threads3 [[threads_per_threadgroup]]) {
+  const int n = ints[0];
+  const int batch = ints[1];
+  const bool frechet = ints[3] != 0;
+  const int b = int(group.x);
+  const int tid = int(tid3.x);
+  const int threads = int(threads3.x);
+  device float* p = matrix_params(work, b);
+  if (p[kParamRefine] == 0.0f) {
+    return;
+  }
+  const device T* p2 =
+      matrix_buffer<T>(work, n, batch, frechet, b, slot_buffer(2));
+  const device T* p3 =
+      matrix_buffer<T>(work, n, batch, frechet, b, slot_buffer(3));
+  threadgroup float* part = (threadgroup float*)smem;
+  threadgroup float* part3 = part + threads;
+  // As the 1-norms of expm_params: consecutive threads, consecutive columns.
+  float norm2 = 0.0f;
+  float norm3 = 0.0f;
+  for (int j = tid; j < n; j += threads) {
+    float c2 = 0.0f;
+    float c3 = 0.0f;
+    for (int i = 0; i < n; ++i) {
+      c2 += Elem<T>::magnitude(p2[long(i) * n + j]);
+      c3 += Elem<T>::magnitude(p3[long(i) * n + j]);
+    }
+    norm2 = nan_max(norm2, c2);
+    norm3 = nan_max(norm3, c3);
+  }
+  part[tid] = norm2;
+  part3[tid] = norm3;
+  threadgroup_barrier(mem_flags::mem_threadgroup);
+  if (tid == 0) {
+    for (int t = 1; t < threads; ++t) {
+      norm2 = nan_max(norm2, part[t]);
+      norm3 = nan_max(norm3, part3[t]);
+    }
+    const int s = expm::refine_squarings(
+        norm2, norm3, int(p[kParamSquarings]), expm::kSingle);
+    const float scale = ldexp(1.0f, -s);
+    T factor = p[kParamShift] != 0.0f
+        ? Elem<T>::exp_of(p[kParamMuRe] * scale, p[kParamMuIm] * scale)
+        : Elem<T>::make(1.0f, 0.0f);
+    p[kParamSquarings] = float(s);
+    p[kParamFactorRe] = Elem<T>::re(factor);
+    p[kParamFactorIm] = Elem<T>::im(factor);
+  }
+}
+
+// B 2^-s, B^2 4^-s, B^3 8^-s (and E 2^-s) of the matrices with kParamRefine,
+// with their refined s: exactly the slots of scaling B first.
+template <typename T, bool Frechet>
+void expm_rescale_body(
+    const device T* e_all,
+    device char* work,
+    constant int* ints,
+    uint tid,
+    uint3 group) {
+  const int n = ints[0];
+  const int batch = ints[1];
+  const int b = int(group.z);
+  const device float* p = matrix_params(work, b);
+  if (p[kParamRefine] == 0.0f) {
+    return;
+  }
+  const float scale = ldexp(1.0f, -int(p[kParamSquarings]));
+  const float scale2 = scale * scale;
+  const float scale3 = scale2 * scale;
+  const long nn = long(n) * n;
+  const ulong base = ulong(b) * ulong(nn);
+  device T* s1 = matrix_buffer<T>(work, n, batch, Frechet, b, slot_buffer(1));
+  device T* s2 = matrix_buffer<T>(work, n, batch, Frechet, b, slot_buffer(2));
+  device T* s3 = matrix_buffer<T>(work, n, batch, Frechet, b, slot_buffer(3));
+  device T* se = Frechet
+      ? matrix_buffer<T>(
+            work, n, batch, Frechet, b, kLargeBuffers + slot_buffer(1))
+      : s1;
+  for (int r = 0; r < kElemPerGroup / kElemThreads; ++r) {
+    long idx = long(group.x) * kElemPerGroup + r * kElemThreads + tid;
+    if (idx >= nn) {
+      break;
+    }
+    s1[idx] = scale * s1[idx];
+    s2[idx] = scale2 * s2[idx];
+    s3[idx] = scale3 * s3[idx];
+    if (Frechet) {
+      se[idx] = scale * e_all[base + idx];
+    }
+  }
+}
+
+template <typename T>
+[[kernel]] void expm_rescale(
+    device char* work [[buffer(0)]],
+    constant int* ints [[buffer(1)]],
+    uint3 tid [[thread_position_in_threadgroup]],
+    uint3 group [[threadgroup_position_in_grid]]) {
+  expm_rescale_body<T, false>(nullptr, work, ints, tid.x, group);
+}
+
+template <typename T>
+[[kernel]] void expm_frechet_rescale(
+    const device T* e [[buffer(0)]],
+    device char* work [[buffer(1)]],
+    constant int* ints [[buffer(2)]],
+    uint3 tid [[thread_position_in_threadgroup]],
+    uint3 group [[threadgroup_position_in_grid]]) {
+  expm_rescale_body<T, true>(e, work, ints, tid.x, group);
 }
 
 // The approximant times e^(mu 2^-s): into the outputs when s = 0, else into

@@ -56,12 +56,16 @@ enum : int {
 // The per-matrix parameters, stored as floats (the integers are exact).
 enum : int {
   kParamDegree = 0, // degree index, or expm::kNoAnswer
-  kParamSquarings = 1,
+  kParamSquarings = 1, // refined in place by expm_refine
   kParamShift = 2, // 1 when the trace shift is used
   kParamMuRe = 3, // mu
   kParamMuIm = 4,
-  kParamFactorRe = 5, // e^(mu 2^-s)
+  kParamFactorRe = 5, // e^(mu 2^-s), with the refined s
   kParamFactorIm = 6,
+  // 1 when expm_refine refines the squarings (expm::refines_squarings):
+  // slot A holds the unscaled matrix until expm_rescale, and the derivatives
+  // of the first two products wait for it.
+  kParamRefine = 7,
 };
 
 inline long params_bytes(long batch) {

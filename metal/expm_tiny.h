@@ -64,6 +64,21 @@ struct TinyMatrix {
       shifted_norm = nan_max(shifted_norm, cs);
     }
   }
+  void buffer_norms(
+      const threadgroup T* x,
+      const threadgroup T* y,
+      thread float& nx,
+      thread float& ny) const {
+    nx = 0.0f;
+    ny = 0.0f;
+    for (int j = 0; j < n; ++j) {
+      float cx;
+      float cy;
+      buffer_column_sums<S>(x, y, n, j, cx, cy);
+      nx = nan_max(nx, cx);
+      ny = nan_max(ny, cy);
+    }
+  }
 };
 
 // Matrices first .. first + count - 1 of the batch, count <= M (the last

@@ -205,7 +205,7 @@ inline Plan make_plan(
        {Arg::A, Arg::Work},
        ints});
   // (A - mu I) 2^-s (and E 2^-s) into slot A; all-NaN outputs where there
-  // is no answer.
+  // is no answer. Unscaled where the squarings are refined below.
   plan.steps.push_back(
       {f + "scale_" + t,
        {elem_groups, 1, b},
@@ -213,6 +213,13 @@ inline Plan make_plan(
        0,
        with_work(io),
        ints});
+  // The product kernel's fifth int: 1 for the derivatives of the first two
+  // products of the refined matrices (one pass per matrix).
+  auto product_at = [&](int32_t k, int32_t late) {
+    std::vector<int32_t> v = at(k);
+    v.push_back(late);
+    return v;
+  };
   for (int k = 0; k < expm::kNumProducts[expm::kLastDegree]; ++k) {
     if (detail::position_combines(k, frechet)) {
       plan.steps.push_back(
@@ -229,7 +236,38 @@ inline Plan make_plan(
          {product.threads, 1, 1},
          product.threadgroup_bytes,
          {Arg::Work},
-         at(k)});
+         product_at(k, 0)});
+    if (k != 1) {
+      continue;
+    }
+    // Matrices at the last degree with squarings (kParamRefine) have B^2 and
+    // B^3 of the unscaled B now: their squarings from those 1-norms
+    // (expm::refine_squarings), then B, B^2, B^3 and E scaled with them, and
+    // the derivatives of the two products from the scaled slots.
+    plan.steps.push_back(
+        {"expm_refine_" + t,
+         {b, 1, 1},
+         {kElemThreads, 1, 1},
+         kParamsThreadgroupBytes,
+         {Arg::Work},
+         ints});
+    plan.steps.push_back(
+        {f + "rescale_" + t,
+         {elem_groups, 1, b},
+         {kElemThreads, 1, 1},
+         0,
+         frechet ? std::vector<Arg>{Arg::E, Arg::Work}
+                 : std::vector<Arg>{Arg::Work},
+         ints});
+    for (int32_t j = 0; frechet && j < 2; ++j) {
+      plan.steps.push_back(
+          {"expm_product_" + t,
+           {tiles, tiles, b},
+           {product.threads, 1, 1},
+           product.threadgroup_bytes,
+           {Arg::Work},
+           product_at(j, 1)});
+    }
   }
   // The approximant times e^(mu 2^-s); lands in the outputs when s = 0.
   plan.steps.push_back(
