@@ -41,37 +41,28 @@ HAS_CUDA_KERNELS = (
 class Target:
     """One value of the device fixture: its test id, the MLX device, the
     environment the CUDA backend reads while the test runs, whether it computes
-    float64 and whether it runs this package's CUDA or Metal kernels (the
-    latter on the CPU stream of a Metal emulator build)."""
+    float64 and whether it runs this package's CUDA kernels."""
 
     id: str
     device: mx.Device
     env: tuple = ()  # (name, value) pairs
     float64: bool = False
     cuda: bool = False
-    metal: bool = False
     path: bool = False  # a forced CUDA path (only for tests marked cuda_paths)
     present: bool = True
 
 
 # A Metal emulator build runs its float32/complex64 Metal kernels on the CPU
 # stream: name that target after what runs.
-_BACKEND = getattr(mle._ext, "backend", "")
-_CPU_ID = "metal-emu" if _BACKEND == "metal-emulator" else "cpu"
+_CPU_ID = "metal-emu" if getattr(mle._ext, "backend", "") == "metal-emulator" else "cpu"
 _SMALL, _TC, _SM90 = (
     f"MLX_LINALG_EXT_CUDA_{k}" for k in ("SMALL_MAX", "TC_MIN", "SM90_MIN")
 )
 _NEVER = "1000000"  # a size no matrix reaches: the path is never taken
 
 TARGETS = [
-    Target(_CPU_ID, mx.cpu, float64=True, metal=_BACKEND == "metal-emulator"),
-    Target(
-        "gpu",
-        mx.gpu,
-        cuda=HAS_CUDA_KERNELS,
-        metal=_BACKEND == "metal",
-        present=HAS_GPU,
-    ),
+    Target(_CPU_ID, mx.cpu, float64=True),
+    Target("gpu", mx.gpu, cuda=HAS_CUDA_KERNELS, present=HAS_GPU),
     # Every size through the GEMM path (no fused small-matrix kernel).
     Target("gpu-gemm", mx.gpu, ((_SMALL, "0"),), cuda=True, path=True),
     # Products on tensor cores (3xTF32) from n = 64, and never (SIMT FP32).
@@ -90,7 +81,6 @@ def pytest_configure(config):
         "cuda_paths: also run on every forced CUDA code path",
         "gpu_only: runs on GPU targets only",
         "cuda_only: runs where this package's CUDA kernels run",
-        "metal_only: runs where this package's Metal kernels (or their emulator) run",
         "float64: computes in float64 (CPU only in MLX)",
     ):
         config.addinivalue_line("markers", line)
@@ -117,8 +107,6 @@ def _why_not(item):
         return "GPU-only tests on the CPU"
     if item.get_closest_marker("cuda_only") and not target.cuda:
         return f"CUDA-only tests on {target.id} (no CUDA kernels there)"
-    if item.get_closest_marker("metal_only") and not target.metal:
-        return f"Metal-only tests on {target.id} (no Metal kernels there)"
     uses_f64 = item.get_closest_marker("float64") or any(
         (isinstance(v, mx.Dtype) and v == mx.float64)
         or (isinstance(v, str) and v == "float64")

@@ -9,8 +9,8 @@ kernels' tiles.
 They run on every build against SciPy; with the Metal emulator
 (``_ext.backend == "metal-emulator"``) or Metal they run the Metal kernels.
 The overscaling tests (non-normal matrices whose squarings the norms of B^2
-and B^3 lower) run where the Metal kernels run, on every path, against
-closed forms.
+and B^3 lower) check every Metal path against closed forms, and every
+other backend with them.
 """
 
 import mlx.core as mx
@@ -173,7 +173,6 @@ def _overscaling_batch(rng, n, dtype):
     return np.stack([flip, shift, small]), np.stack(refs)
 
 
-@pytest.mark.metal_only
 @pytest.mark.parametrize("dtype", [mx.float32, mx.complex64], ids=str)
 @pytest.mark.parametrize("n", OVERSCALING_NS)
 def test_overscaling_against_closed_forms(device, rng, n, dtype):
@@ -183,7 +182,6 @@ def test_overscaling_against_closed_forms(device, rng, n, dtype):
     assert_relerr(x[2], ref[2], tol_for(dtype, 0.4), f"unrefined at n={n}")
 
 
-@pytest.mark.metal_only
 @pytest.mark.parametrize("dtype", [mx.float32, mx.complex64], ids=str)
 @pytest.mark.parametrize("n", OVERSCALING_NS)
 def test_overscaling_frechet(device, rng, n, dtype):
