@@ -100,8 +100,9 @@ pair_product(Mma& p, const float* l, const float* r, float* stage, int rank) {
 // each column in double (thread: a column and 16 rows of one matrix), the
 // halves are added (rank 0) + (rank 1) in both. Uses the staging buffer and
 // shared_s; ends with a cluster barrier (the partner is done with this
-// block's memory).
-__device__ inline int pair_refine(
+// block's memory). Not inlined: the kernel is at its 128 registers, and
+// inlined this made it spill.
+__device__ __noinline__ int pair_refine(
     const float* p2,
     const float* p3,
     int s,
