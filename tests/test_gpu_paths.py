@@ -145,3 +145,113 @@ def test_single_large_matrix_paths(device, rng, dtype, n, tol):
     a = _batch(rng, 1, n, dtype, [1.0])
     a[0, 3, 5] = np.nan
     assert np.isnan(to_np(mle.matrix_exp(to_mx(a, dtype), stream=device))).all()
+
+
+# Overscaling (Al-Mohy & Higham 2009): matrices whose 1-norm asks for many
+# more squarings than ||B^2||^(1/2) and ||B^3||^(1/3) do. Each squaring
+# doubles the rounding errors of the scaled approximant, so s from the 1-norm
+# alone costs these matrices 1-3 digits in float32. The bounds lie between
+# the two in a float32 simulation of the algorithm (NOTES.md, "Overscaling"):
+# a few times above the error with the refined s, several times below the
+# smallest one with s from the 1-norm. tol_cond does not apply (||A||_2 is
+# 1e3 and more; the refined errors are far below c u ||A||_2).
+
+
+def _block_triangular(n, dtype):
+    """P [[D1, C], [0, D2]] P^T with diagonal D1, D2 of entries in [-1, 1]
+    (complex: both parts), C of entries +-[1e2, 1e3] and a random
+    permutation P (so that no backend sees a triangular matrix), n x n,
+    rounded to dtype; and its exponential in closed form: P [[e^D1, X], [0,
+    e^D2]] P^T with X_ij = C_ij (e^a_i - e^b_j) / (a_i - b_j) for D1 =
+    diag(a), D2 = diag(b)."""
+    gen = np.random.default_rng(n)
+    h = n // 2
+    d = gen.uniform(-1, 1, n)
+    if dtype == mx.complex64:
+        d = d + 1j * gen.uniform(-1, 1, n)
+    a = np.diag(d)
+    a[:h, h:] = gen.uniform(1e2, 1e3, (h, n - h)) * gen.choice([-1, 1], (h, n - h))
+    a = rounded(a, dtype)
+    d = np.diag(a)
+    x = np.diag(np.exp(d))
+    diff = d[:h, None] - d[None, h:]
+    same = diff == 0
+    # e^b (e^(a - b) - 1) / (a - b), and e^a where a == b.
+    dd = np.exp(d[None, h:]) * np.expm1(diff) / np.where(same, 1, diff)
+    x[:h, h:] = a[:h, h:] * np.where(same, np.exp(d[:h, None]) + 0 * diff, dd)
+    p = gen.permutation(n)
+    return a[p][:, p], x[p][:, p]
+
+
+# Normwise relative error bounds of exp and L on _block_triangular(n), both
+# dtypes. Simulated: s from the 1-norm 10..16, refined 4..8; errors with the
+# refined s 3e-7..1.6e-5 (at most a fifth of the bound), with s from the
+# 1-norm 3.8e-5..3.4e-3 (at least 4.5x the bound). The targets with coarser
+# products widen it by _path_factor (gpu-tc64: 8x, little margin left
+# against the 1-norm s at n = 130).
+_OVERSCALED_BOUND = {8: 8e-6, 40: 3e-5, 100: 5e-5, 130: 6e-5, 512: 1e-4}
+
+
+@pytest.fixture
+def overscaled_bound(request):
+    """_OVERSCALED_BOUND[n] times the target's _path_factor."""
+    target = request.node.callspec.params["device"]
+    return lambda n: _path_factor(target.id, n) * _OVERSCALED_BOUND[n]
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("b", [1e4, 1e5])
+def test_overscaling_2x2(device, dtype, b):
+    """[[1, b], [0, -1]]: ||A||_1 = b + 1 asks for log2(b / 3) squarings,
+    while B^2 = I and B^3 = B ask for a third of them. exp(A) = [[e, b
+    sinh(1)], [0, 1/e]]. Simulated float32: b = 1e4: 1.2e-4 with s = 12,
+    6.5e-7 with s = 3; b = 1e5: 3.8e-3 (s = 16), 1.8e-6 (s = 4)."""
+    a = rounded(np.array([[1.0, b], [0.0, -1.0]]), dtype)
+    r = np.array([[np.e, b * np.sinh(1.0)], [0.0, np.exp(-1.0)]])
+    x = to_np(mle.matrix_exp(to_mx(a, dtype), stream=device))
+    assert_relerr(x, r, 1e-5 if b < 1e5 else 2e-5, f"b={b:g}")
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("n", [8, 40, 100, 130, 512])
+def test_overscaling_block_triangular(device, dtype, n, tol, overscaled_bound):
+    """_block_triangular(n) alone, and in a batch with a dissipative matrix
+    of norm 40 (s from the 1-norm is right for it: normal enough) and a
+    Gaussian one of norm 0.4 (no squaring), each against its own reference:
+    the refinement is per matrix. n = 100: the cluster kernel (float32); 512:
+    the wgmma path where it applies (single matrix)."""
+    a, r = _block_triangular(n, dtype)
+    x = to_np(mle.matrix_exp(to_mx(a, dtype), stream=device))
+    assert_relerr(x, r, overscaled_bound(n), f"n={n}")
+    if n > 130:
+        return
+    gen = np.random.default_rng(n + 1)
+    cplx = dtype == mx.complex64
+    others = np.stack(
+        [
+            matrix_with_norm(gen, n, 40.0, "dissipative", complex_=cplx),
+            matrix_with_norm(gen, n, 0.4, "gauss", complex_=cplx),
+        ]
+    )
+    batch = np.stack([rounded(others[0], dtype), a, rounded(others[1], dtype)])
+    xb = to_np(mle.matrix_exp(to_mx(batch, dtype), stream=device))
+    assert_relerr(xb[1], r, overscaled_bound(n), f"n={n} in a batch")
+    for i in (0, 2):
+        ref = expm_ref(batch[i])
+        assert_relerr(xb[i], ref, tol(dtype, batch[i]), f"neighbour {i}")
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("n", [8, 40, 130, 512])
+def test_overscaling_frechet(device, dtype, n, overscaled_bound):
+    """expm_frechet of _block_triangular(n) in direction E (Gaussian, 1-norm
+    1): the derivative runs with the refined s too (512: the wgmma path
+    where it applies). X against the closed form, L(A, E) against SciPy's
+    expm_frechet in float64."""
+    a, r = _block_triangular(n, dtype)
+    gen = np.random.default_rng(n + 2)
+    e = rounded(matrix_with_norm(gen, n, 1.0, complex_=dtype == mx.complex64), dtype)
+    xf, lf = mle.expm_frechet(to_mx(a, dtype), to_mx(e, dtype), stream=device)
+    _, lr = frechet_ref(a, e)
+    assert_relerr(to_np(xf), r, overscaled_bound(n), f"X n={n}")
+    assert_relerr(to_np(lf), lr, overscaled_bound(n), f"L n={n}")

@@ -557,6 +557,33 @@ __device__ inline bool small_form_operands(
   return true;
 }
 
+// Overscaling (expm::refine_squarings): the last degree's B, B^2, B^3 (slots
+// 1..3, formed unscaled; and their derivatives) times 2^-s, 4^-s, 8^-s,
+// which is exact: the products are those of B 2^-s. The block holds rows
+// row0 .. row0 + kHeld - 1 (see SmallCombo). No barrier.
+template <typename T, int N, bool kFrechet, int kHeld = N>
+__device__ inline void
+small_scale_powers(const SmallPlan& plan, int s, T* buf, T* dbuf) {
+  constexpr int kMat = kHeld * SmallShape<T, N>::kLd;
+  const signed char* slot = plan.slot[expm::kLastDegree];
+  float f[3];
+  int off[3];
+#pragma unroll
+  for (int k = 0; k < 3; ++k) {
+    f[k] = float(ldexp(1.0, -(k + 1) * s));
+    off[k] = slot[1 + k] * kMat;
+  }
+  for (int idx = threadIdx.x; idx < kMat; idx += SmallShape<T, N>::kThreads) {
+#pragma unroll
+    for (int k = 0; k < 3; ++k) {
+      buf[off[k] + idx] = buf[off[k] + idx] * f[k];
+      if constexpr (kFrechet) {
+        dbuf[off[k] + idx] = dbuf[off[k] + idx] * f[k];
+      }
+    }
+  }
+}
+
 // The approximant of degree d in place of its last slot, times e^(mu 2^-s)
 // with the shift (the squarings then stay in the range of the result;
 // scaled_mu = mu 2^-s); returns its offset in the buffers. The block holds

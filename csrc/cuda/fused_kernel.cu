@@ -24,6 +24,32 @@ constexpr int small_min_blocks() {
   return b < 1 ? 1 : b > 32 ? 32 : b;
 }
 
+// The 1-norm of the n x n block of buffer m, for warp 0 (every lane gets
+// it): lane j sums columns j, j + 32, ... in double in row order (the
+// padding adds exact zeros), shuffles take the maximum (NaN kept).
+template <typename T, int N>
+__device__ inline double small_norm1(const T* m, int n) {
+  double norm = 0.0;
+#pragma unroll
+  for (int j0 = 0; j0 < N; j0 += 32) {
+    const int j = j0 + threadIdx.x;
+    double sum = 0.0;
+#pragma unroll 16
+    for (int i = 0; i < N; ++i) {
+      T v = j < N ? m[small_at<T, N>(i, j)] : real_to<T>(0.0f);
+      sum += double(abs_of(v));
+    }
+    if (j < n) {
+      norm = nan_max(norm, sum);
+    }
+  }
+#pragma unroll
+  for (int m = 16; m > 0; m /= 2) {
+    norm = nan_max(norm, __shfl_xor_sync(0xffffffffu, norm, m));
+  }
+  return norm;
+}
+
 template <typename T, bool kFrechet, int N>
 __global__ void __launch_bounds__(
     SmallShape<T, N>::kThreads,
@@ -47,6 +73,7 @@ __global__ void __launch_bounds__(
   T* buf = reinterpret_cast<T*>(smem_raw);
   T* dbuf = buf + kSmallBuffers * kMat;
   Params& shared_params = *reinterpret_cast<Params*>(buf + kMat);
+  __shared__ int refined_squarings;
 
   // A (and E) into the top-left corner of zero N x N matrices; the loop
   // unrolls so that a thread's loads are in flight together (8 at a time
@@ -113,7 +140,7 @@ __global__ void __launch_bounds__(
   __syncthreads();
   const Params params = shared_params;
   const int d = params.degree;
-  const int s = params.squarings;
+  int s = params.squarings; // refined after B^2, B^3 where refines()
   const bool shift = params.shift;
   const T mu = get_mu<T>(params.mu_re, params.mu_im);
   if (d < 0) {
@@ -125,17 +152,14 @@ __global__ void __launch_bounds__(
     }
     return;
   }
-  const float f = float(ldexp(1.0, -s)); // exact power of two
-  if (s > 0 || shift) {
-    // (A - mu I) 2^-s and E 2^-s; the shift only on the n x n diagonal.
+  // B = A - mu I (the shift only on the n x n diagonal), unscaled: only
+  // the last degree has squarings, and it scales B, B^2, B^3 (and E) once
+  // s is refined after its first two products.
+  const bool refine = refines(params);
+  if (shift) {
     for (int idx = threadIdx.x; idx < kMat; idx += kThreads) {
-      T v = buf[idx];
-      if (shift && small_diagonal<T, N>(idx) && idx / LD < n) {
-        v = v - mu;
-      }
-      buf[idx] = v * f;
-      if constexpr (kFrechet) {
-        dbuf[idx] = dbuf[idx] * f;
+      if (small_diagonal<T, N>(idx) && idx / LD < n) {
+        buf[idx] = buf[idx] - mu;
       }
     }
   }
@@ -167,9 +191,26 @@ __global__ void __launch_bounds__(
       dp.store(dbuf + slot[2 + k] * kMat);
     }
     __syncthreads();
+    if (refine && k == 1) {
+      // s from ||B^2||, ||B^3|| (the derivative's slots scale alike:
+      // dP2 4^-s and dP3 8^-s are the products of E 2^-s and B 2^-s).
+      if (threadIdx.x < 32) {
+        const double norm2 = small_norm1<T, N>(buf + slot[2] * kMat, n);
+        const double norm3 = small_norm1<T, N>(buf + slot[3] * kMat, n);
+        if (threadIdx.x == 0) {
+          refined_squarings =
+              expm::refine_squarings(norm2, norm3, s, expm::kSingle);
+        }
+      }
+      __syncthreads();
+      s = refined_squarings;
+      small_scale_powers<T, N, kFrechet>(plan, s, buf, dbuf);
+      __syncthreads();
+    }
   }
 
   // The approximant, then s squarings in place.
+  const float f = float(ldexp(1.0, -s)); // exact power of two
   const int fin =
       small_approximant<T, N, kFrechet>(plan, d, shift, mu * f, buf, dbuf);
   __syncthreads();

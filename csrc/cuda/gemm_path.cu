@@ -2,7 +2,8 @@
 // on sm_90 with sm90_path.cu). A parameter kernel writes (shift, mu,
 // degree, s) per matrix to the workspace; every combine and GEMM launch of
 // the product program reads them and exits for matrices that do not need
-// its step (5 predicated products, a fixed number of launches); all
+// its step (5 predicated products, a fixed number of launches; after the
+// second, s is refined from ||B^2||, ||B^3|| in the parameters); all
 // squarings run in one persistent kernel that loops on the device up to
 // the largest s of the batch, with a grid-wide barrier between squarings.
 // So the launch count does not depend on s and nothing is read back.
@@ -111,16 +112,18 @@ __global__ void decide_kernel(const T* a, const double* colsum, Work w) {
   }
 }
 
-// Slot 1 (and its derivative) = (A - mu I) 2^-s (and E 2^-s).
+// Slot 1 (and its derivative) = A - mu I (and E), unscaled: only the last
+// degree has squarings, and scale_powers_kernel scales B, B^2, B^3 (and
+// their derivatives) once refine_kernel has refined s after its first two
+// products.
 template <typename T>
-__global__ void scale_kernel(int b0, const T* a, const T* e, Work w) {
+__global__ void shift_kernel(int b0, const T* a, const T* e, Work w) {
   size_t nn = size_t(w.n) * w.n;
   int b = b0 + blockIdx.y;
   Params p = w.params[b];
   if (p.degree < 0) {
     return;
   }
-  float f = float(ldexp(1.0, -p.squarings));
   T mu = get_mu<T>(p.mu_re, p.mu_im);
   T* x = wbuf<T>(w, b, 0);
   T* dx = wbuf<T>(w, b, kBuffers);
@@ -130,9 +133,101 @@ __global__ void scale_kernel(int b0, const T* a, const T* e, Work w) {
     if (p.shift && i % (w.n + 1) == 0) {
       v = v - mu;
     }
-    x[i] = v * f;
+    x[i] = v;
     if (w.frechet) {
-      dx[i] = e[nn * b + i] * f;
+      dx[i] = e[nn * b + i];
+    }
+  }
+}
+
+// Overscaling (expm::refine_squarings), after products 0 and 1 (B^2, B^3 of
+// the unscaled B in slots 2, 3): column sums of |B^2| and |B^3| in double
+// (block: 32 columns x 8 row groups) into colsum (batch x 2n; the norms of A
+// are consumed by then).
+template <typename T>
+__global__ void power_colsum_kernel(int b0, double* colsum, Work w) {
+  __shared__ double part[2][8][33];
+  const int n = w.n;
+  const int b = b0 + blockIdx.y;
+  if (!refines(w.params[b])) {
+    return;
+  }
+  const int j = blockIdx.x * 32 + threadIdx.x;
+  const T* p2 = wbuf<T>(w, b, 1);
+  const T* p3 = wbuf<T>(w, b, 2);
+  double sum2 = 0.0, sum3 = 0.0;
+  if (j < n) {
+    for (int i = threadIdx.y; i < n; i += 8) {
+      sum2 += double(abs_of(p2[size_t(i) * n + j]));
+      sum3 += double(abs_of(p3[size_t(i) * n + j]));
+    }
+  }
+  part[0][threadIdx.y][threadIdx.x] = sum2;
+  part[1][threadIdx.y][threadIdx.x] = sum3;
+  __syncthreads();
+  if (threadIdx.y == 0 && j < n) {
+    for (int r = 1; r < 8; ++r) {
+      sum2 += part[0][r][threadIdx.x];
+      sum3 += part[1][r][threadIdx.x];
+    }
+    colsum[size_t(b) * 2 * n + j] = sum2;
+    colsum[size_t(b) * 2 * n + n + j] = sum3;
+  }
+}
+
+// The refined s per matrix from power_colsum_kernel's sums (256 threads);
+// every later launch (approximant, squarings) reads it.
+__global__ void refine_kernel(const double* colsum, Work w) {
+  __shared__ double part[2][256];
+  const int b = blockIdx.x;
+  if (!refines(w.params[b])) {
+    return;
+  }
+  double norm2 = 0.0, norm3 = 0.0;
+  const double* cs = colsum + size_t(b) * 2 * w.n;
+  for (int j = threadIdx.x; j < w.n; j += blockDim.x) {
+    norm2 = nan_max(norm2, cs[j]);
+    norm3 = nan_max(norm3, cs[w.n + j]);
+  }
+  part[0][threadIdx.x] = norm2;
+  part[1][threadIdx.x] = norm3;
+  __syncthreads();
+  for (int h = blockDim.x / 2; h > 0; h /= 2) {
+    if (threadIdx.x < h) {
+      part[0][threadIdx.x] =
+          nan_max(part[0][threadIdx.x], part[0][threadIdx.x + h]);
+      part[1][threadIdx.x] =
+          nan_max(part[1][threadIdx.x], part[1][threadIdx.x + h]);
+    }
+    __syncthreads();
+  }
+  if (threadIdx.x == 0) {
+    w.params[b].squarings = expm::refine_squarings(
+        part[0][0], part[1][0], w.params[b].squarings, expm::kSingle);
+  }
+}
+
+// Slots 1..3 (B, B^2, B^3, and their derivatives E, dP2, dP3) times 2^-s,
+// 4^-s, 8^-s with the refined s: exactly the program on B 2^-s and E 2^-s.
+template <typename T>
+__global__ void scale_powers_kernel(int b0, Work w) {
+  size_t nn = size_t(w.n) * w.n;
+  int b = b0 + blockIdx.y;
+  Params p = w.params[b];
+  if (p.degree != expm::kLastDegree || p.squarings == 0) {
+    return;
+  }
+  float f[3];
+  for (int k = 0; k < 3; ++k) {
+    f[k] = float(ldexp(1.0, -(k + 1) * p.squarings));
+  }
+  for (int dual = 0; dual < (w.frechet ? 2 : 1); ++dual) {
+    for (int k = 0; k < 3; ++k) {
+      T* m = wbuf<T>(w, b, dual * kBuffers + k);
+      for (size_t i = blockIdx.x * size_t(blockDim.x) + threadIdx.x; i < nn;
+           i += size_t(gridDim.x) * blockDim.x) {
+        m[i] = m[i] * f[k];
+      }
     }
   }
 }
@@ -619,11 +714,27 @@ GemmRun gemm_begin(
   // Elementwise launches: enough blocks to fill the GPU across the batch.
   int ew_blocks = int(std::clamp<size_t>(
       (nn + 255) / 256, 1, std::max<size_t>(1, size_t(sms) * 8 / batch + 1)));
-  CUfunction scale_f = cu_function(scale_kernel<T>);
+  CUfunction shift_f = cu_function(shift_kernel<T>);
   for_chunks(batch, [&](int b0, int nb) {
-    launcher.add(scale_f, dim3(ew_blocks, nb), dim3(256), 0, b0, a, e, w);
+    launcher.add(shift_f, dim3(ew_blocks, nb), dim3(256), 0, b0, a, e, w);
   });
-  return {w, base, base + extra_off, ew_blocks, sms};
+  return {w, base, base + extra_off, colsum, ew_blocks, sms};
+}
+
+template <typename T>
+void launch_refinement(Launcher& launcher, const GemmRun& run) {
+  const Work& w = run.work;
+  CUfunction colsum_f = cu_function(power_colsum_kernel<T>);
+  for_chunks(w.batch, [&](int b0, int nb) {
+    launcher.add(
+        colsum_f, dim3((w.n + 31) / 32, nb), dim3(32, 8), 0, b0, run.colsum, w);
+  });
+  launcher.add(
+      cu_function(refine_kernel), dim3(w.batch), dim3(256), 0, run.colsum, w);
+  CUfunction scale_f = cu_function(scale_powers_kernel<T>);
+  for_chunks(w.batch, [&](int b0, int nb) {
+    launcher.add(scale_f, dim3(run.ew_blocks, nb), dim3(256), 0, b0, w);
+  });
 }
 
 template <typename T>
@@ -656,6 +767,9 @@ void launch_products(
             k,
             w);
       });
+      if (k == 1) {
+        launch_refinement<T>(launcher, run);
+      }
     }
   });
 }
@@ -703,6 +817,7 @@ void launch_squarings(
 #define MLX_LINALG_EXT_GEMM_PATH(T)                                       \
   template GemmRun gemm_begin<T>(                                         \
       Launcher&, const T*, const T*, int, int, bool, size_t);             \
+  template void launch_refinement<T>(Launcher&, const GemmRun&);          \
   template void launch_products<T>(                                       \
       Launcher&, const GemmRun&, GemmTiles, T*, T*);                      \
   template void launch_approximant<T>(Launcher&, const GemmRun&, T*, T*); \

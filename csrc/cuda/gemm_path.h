@@ -7,8 +7,8 @@
 
 namespace mlx_linalg_ext::cuda {
 
-// Workspace per matrix (n x n buffers): 0 = scaled A (slot 1), 1..5 = P2..P6
-// (slots 2..6), 6 = L, 7 = R; with the derivative 8..15 the same for dA.
+// Workspace per matrix (n x n buffers): 0 = B = A - mu I (slot 1), 1..5 =
+// P2..P6 (slots 2..6), 6 = L, 7 = R; with the derivative 8..15 the same for dA.
 // The approximant and the squarings reuse L / R (dL / dR).
 constexpr int kBuffers = 8;
 
@@ -33,6 +33,7 @@ struct GemmRun {
   Work work;
   char* base; // the workspace (the buffers first)
   char* extra; // the extra_bytes asked of gemm_begin
+  double* colsum; // batch x 2n column sums (norms of A, then of B^2, B^3)
   int ew_blocks; // blocks per matrix of the elementwise launches
   int sms; // multiprocessors of the device
 };
@@ -43,7 +44,8 @@ struct GemmRun {
 enum class GemmTiles { kSimt, kSimtBig, kTf32x3, kTf32x3Unaligned };
 
 // Allocates the workspace (with extra_bytes more, 256-byte aligned, for the
-// caller) and launches the norms, expm::decide and the scaling per matrix.
+// caller) and launches the norms, expm::decide and the shift per matrix.
+// B stays unscaled until launch_refinement.
 template <typename T>
 GemmRun gemm_begin(
     Launcher& launcher,
@@ -54,7 +56,15 @@ GemmRun gemm_begin(
     bool frechet,
     size_t extra_bytes);
 
-// The products of the program, each predicated on the matrix's degree.
+// After the first two products (B^2, B^3 of the unscaled B): s refined from
+// their 1-norms (expm::refine_squarings) in the per-matrix parameters, then
+// B, B^2, B^3 and their derivatives scaled by 2^-s, 4^-s, 8^-s. Predicated
+// on the device; every matrix with squarings takes it.
+template <typename T>
+void launch_refinement(Launcher& launcher, const GemmRun& run);
+
+// The products of the program, each predicated on the matrix's degree, with
+// launch_refinement after the second.
 template <typename T>
 void launch_products(
     Launcher& launcher,

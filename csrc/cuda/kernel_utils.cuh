@@ -187,6 +187,12 @@ __device__ inline bool product_runs(const Params& p, int k) {
   return p.degree >= 0 && k < expm::kNumProducts[p.degree];
 }
 
+// Whether the matrix's squarings are refined from ||B^2||, ||B^3|| after its
+// first two products (expm::refine_squarings): B is left unscaled until then.
+__device__ inline bool refines(const Params& p) {
+  return expm::refines_squarings({p.degree, p.squarings, p.shift != 0});
+}
+
 // max that keeps a NaN (std::max would drop it).
 __device__ inline double nan_max(double a, double b) {
   return (b > a || isnan(b)) ? b : a;

@@ -94,6 +94,72 @@ pair_product(Mma& p, const float* l, const float* r, float* stage, int rank) {
   __syncthreads();
   p.product_halves(l, rank == 0 ? r : stage, rank == 0 ? stage : r);
 }
+
+// The refined s (expm::refine_squarings) from the 1-norms of B^2 and B^3
+// (half buffers p2, p3), the same in both blocks: each sums its rows of
+// each column in double (thread: a column and 16 rows of one matrix), the
+// halves are added (rank 0) + (rank 1) in both. Uses the staging buffer and
+// shared_s; ends with a cluster barrier (the partner is done with this
+// block's memory). Not inlined: the kernel is at its 128 registers, and
+// inlined this made it spill.
+__device__ __noinline__ int pair_refine(
+    const float* p2,
+    const float* p3,
+    int s,
+    int n,
+    float* stage,
+    double (&warp_max)[2][kPairN / 32],
+    int& shared_s,
+    int rank) {
+  constexpr int kQuarter = kPairRows / 4;
+  const int tid = threadIdx.x;
+  double* part = reinterpret_cast<double*>(stage); // [2][4][N] column sums
+  double* mine = part + 8 * kPairN; // [2][N]
+  {
+    const int c = tid % kPairN, q = tid / kPairN;
+    double sum2 = 0.0, sum3 = 0.0;
+#pragma unroll
+    for (int i = 0; i < kQuarter; ++i) {
+      const int at = small_at<float, kPairN>(q * kQuarter + i, c);
+      sum2 += double(fabsf(p2[at]));
+      sum3 += double(fabsf(p3[at]));
+    }
+    part[q * kPairN + c] = sum2;
+    part[(4 + q) * kPairN + c] = sum3;
+  }
+  __syncthreads();
+  if (tid < 2 * kPairN) {
+    const double* pm = part + (tid / kPairN) * 4 * kPairN + tid % kPairN;
+    mine[tid] = ((pm[0] + pm[kPairN]) + pm[2 * kPairN]) + pm[3 * kPairN];
+  }
+  cluster_sync();
+  if (tid < 2 * kPairN) {
+    const double* theirs = cluster_peer(mine, rank ^ 1);
+    const double total =
+        rank == 0 ? mine[tid] + theirs[tid] : theirs[tid] + mine[tid];
+    double norm = tid % kPairN < n ? total : 0.0;
+#pragma unroll
+    for (int m = 16; m > 0; m /= 2) {
+      norm = nan_max(norm, __shfl_xor_sync(0xffffffffu, norm, m));
+    }
+    if (tid % 32 == 0) {
+      warp_max[tid / kPairN][tid % kPairN / 32] = norm;
+    }
+  }
+  __syncthreads();
+  if (tid == 0) {
+    double norm[2];
+    for (int k = 0; k < 2; ++k) {
+      norm[k] = warp_max[k][0];
+      for (int w = 1; w < kPairN / 32; ++w) {
+        norm[k] = nan_max(norm[k], warp_max[k][w]);
+      }
+    }
+    shared_s = expm::refine_squarings(norm[0], norm[1], s, expm::kSingle);
+  }
+  cluster_sync(); // the partner is done with this block's memory
+  return shared_s;
+}
 #endif
 
 __global__ void __launch_bounds__(kPairThreads, 1) expm_pair_kernel(
@@ -191,7 +257,7 @@ __global__ void __launch_bounds__(kPairThreads, 1) expm_pair_kernel(
   cluster_sync(); // the partner is done with this block's memory
   const Params params = shared_params;
   const int d = params.degree;
-  const int s = params.squarings;
+  int s = params.squarings; // refined after B^2, B^3 where refines()
   const bool shift = params.shift;
   const float mu = params.mu_re;
   if (d < 0) {
@@ -203,16 +269,15 @@ __global__ void __launch_bounds__(kPairThreads, 1) expm_pair_kernel(
     }
     return;
   }
-  const float f = float(ldexp(1.0, -s)); // exact power of two
-  if (s > 0 || shift) {
-    // (A - mu I) 2^-s; the shift only on the n x n diagonal.
+  // B = A - mu I (the shift only on the n x n diagonal), unscaled: only
+  // the last degree has squarings, and it scales B, B^2, B^3 once s is
+  // refined after its first two products.
+  const bool refine = refines(params);
+  if (shift) {
     for (int idx = tid; idx < kMat; idx += kThreads) {
-      float v = buf[idx];
-      if (shift && small_diagonal<float, kPairN>(idx, row0) &&
-          row0 + idx / LD < n) {
-        v = v - mu;
+      if (small_diagonal<float, kPairN>(idx, row0) && row0 + idx / LD < n) {
+        buf[idx] = buf[idx] - mu;
       }
-      buf[idx] = v * f;
     }
   }
   __syncthreads();
@@ -237,9 +302,24 @@ __global__ void __launch_bounds__(kPairThreads, 1) expm_pair_kernel(
     }
     p.store(buf + slot[2 + k] * kMat);
     __syncthreads();
+    if (refine && k == 1) {
+      s = pair_refine(
+          buf + slot[2] * kMat,
+          buf + slot[3] * kMat,
+          s,
+          n,
+          stage,
+          warp_max,
+          shared_params.squarings,
+          rank);
+      small_scale_powers<float, kPairN, false, kPairRows>(
+          plan, s, buf, nullptr);
+      __syncthreads();
+    }
   }
 
   // The approximant, then s squarings in place.
+  const float f = float(ldexp(1.0, -s)); // exact power of two
   const int fin = small_approximant<float, kPairN, false, kPairRows>(
       plan, d, shift, mu * f, buf, nullptr, row0);
   __syncthreads();
