@@ -1,8 +1,10 @@
 // CUDA backend of MatrixExp and ExpmFrechet: which kernels evaluate a batch.
 // Every path computes, per matrix and on the device, the 1-norms of A and
 // A - mu I, takes expm::decide's shift, degree and s, runs the product
-// program of that degree on (A - mu I) 2^-s, multiplies the approximant by
-// e^(mu 2^-s) and squares s times; the Frechet derivative runs alongside as
+// program of that degree on (A - mu I) 2^-s (s refined from ||B^2||, ||B^3||
+// after the first two degree-18 products, expm::refine_squarings), multiplies
+// the approximant by e^(mu 2^-s) and squares s times; the Frechet derivative
+// runs alongside as
 // the dual evaluation (dP = dL R + L dR, d(X^2) = X dX + dX X). Nothing is
 // read back to the host.
 //
