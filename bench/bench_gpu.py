@@ -6,8 +6,9 @@ Inputs: float32 (or complex64) Gaussian matrices scaled so each 1-norm is
 about 4 (times `scale`). Beside the libraries: the user's pure-MLX version
 (bench/mlx_ops_baseline.py, MLX's default TF32 matmul), the distance to the
 GEMM limit for single matrices (our time / (products x one cuBLAS FP32
-GEMM of that size, torch.matmul with TF32 off)) and the cost of the vjp
-against the forward. Times are end-to-end per call, host clock around
+GEMM of that size, torch.matmul with TF32 off)), the limit of large batches
+of tiny matrices (HBM traffic at peak bandwidth, or one trivial MLX op's
+end-to-end time) and the cost of the vjp against the forward. Times are end-to-end per call, host clock around
 call + synchronisation (mx.eval / torch.cuda.synchronize /
 block_until_ready / device synchronize), medians after warm-up. Errors are
 normwise relative errors against float64 SciPy on the same inputs.
@@ -60,7 +61,26 @@ CASES = [
     (1, 4096, "float32", 0.12),
     (4096, 16, "complex64", 1.0),
     (1, 1024, "complex64", 1.0),
+    # Large batches of tiny matrices (the tiny kernel on CUDA).
+    (1_000_000, 3, "float32", 1.0),
+    (1_000_000, 4, "float32", 1.0),
+    (262_144, 8, "float32", 1.0),
+    (1_000_000, 3, "complex64", 1.0),
 ]
+
+# End-to-end targets (ms, H200) of the large tiny-matrix batches, keyed by
+# (batch, n, dtype). Their limit: HBM traffic (A in, exp(A) out) at the
+# GPU's peak bandwidth, and one trivial MLX op's end-to-end time.
+TINY_TARGET_MS = {
+    (1_000_000, 3, "float32"): 0.1,
+    (1_000_000, 4, "float32"): 0.1,
+    (262_144, 8, "float32"): 0.2,
+}
+# Peak HBM bandwidth (TB/s) by GPU name; --hbm-tbps for others.
+HBM_TBPS = {"H200": 4.8, "H100 80GB HBM3": 3.35, "H100": 3.35}
+# Errors of batches larger than this are measured on their first REF_MAX
+# matrices (SciPy's float64 reference of a million matrices takes minutes).
+REF_MAX = 16384
 
 
 # --small (CI smoke run): both Metal paths (one threadgroup per matrix for
@@ -84,6 +104,35 @@ def make_input(batch, n, dtype, scale, seed=0):
 
 def reference(a):
     return sla.expm(wide(a))
+
+
+def hbm_tbps(gpu, override):
+    """Peak HBM bandwidth of the GPU in TB/s (None where unknown)."""
+    if override:
+        return override
+    for name, tbps in HBM_TBPS.items():
+        if name in gpu:
+            return tbps
+    return None
+
+
+def tiny_limit(row, tbps, floor_ms):
+    """Target, HBM time and limit of a large tiny-matrix case (fills row)."""
+    key = (row["batch"], row["n"], row["dtype"])
+    if row["batch"] <= REF_MAX or row["n"] > 8:
+        return
+    elem = 8 if row["dtype"] == "complex64" else 4
+    nbytes = 2 * row["batch"] * row["n"] ** 2 * elem
+    row["hbm_bytes"] = nbytes
+    if tbps:
+        row["hbm_ms"] = nbytes / (tbps * 1e12) * 1e3
+    row["floor_ms"] = floor_ms
+    row["limit_ms"] = max(row.get("hbm_ms", 0.0), floor_ms)
+    if key in TINY_TARGET_MS:
+        row["target_ms"] = TINY_TARGET_MS[key]
+    ours = row.get("mlx_linalg_ext", {}).get("ms")
+    if ours is not None:
+        row["over_limit"] = ours / row["limit_ms"]
 
 
 def time_fn(fn, sync, reps, warmup=3):
@@ -295,6 +344,12 @@ def main():
     p.add_argument("--cases", default=None, help="comma list like 4096x16,1x1024")
     p.add_argument("--no-frechet", action="store_true")
     p.add_argument(
+        "--hbm-tbps",
+        type=float,
+        default=None,
+        help="peak HBM bandwidth in TB/s (default: by GPU name, H200 4.8)",
+    )
+    p.add_argument(
         "--small",
         action="store_true",
         help="small cases and few repetitions (CI smoke run)",
@@ -338,6 +393,8 @@ def main():
     if args.only:
         frameworks = {k: v for k, v in frameworks.items() if k in args.only.split(",")}
     info["mlx_eval_floor_ms"] = mlx_eval_floor()
+    tbps = hbm_tbps(info["gpu"], args.hbm_tbps)
+    info["hbm_tbps"] = tbps
     info["env_small_max"] = os.environ.get("MLX_LINALG_EXT_CUDA_SMALL_MAX")
     print(
         f"GPU: {info['gpu']}; one trivial MLX op end-to-end: "
@@ -355,7 +412,7 @@ def main():
         cases = cases[::-1]
     for batch, n, dtype, scale in cases:
         a = make_input(batch, n, dtype, scale)
-        ref = reference(a)
+        ref = reference(a[:REF_MAX])
         row = {"batch": batch, "n": n, "dtype": dtype, "scale": scale}
         for name, fn in frameworks.items():
             try:
@@ -363,9 +420,10 @@ def main():
                 med, out = fn(a, reps)
                 if med is None:
                     continue
-                row[name] = {"ms": med, "relerr": rel_err(out, ref)}
+                row[name] = {"ms": med, "relerr": rel_err(out[:REF_MAX], ref)}
             except Exception as exc:  # noqa: BLE001
                 row[name] = {"error": f"{type(exc).__name__}: {exc}"[:200]}
+        tiny_limit(row, tbps, info["mlx_eval_floor_ms"])
         if batch == 1 and "ms" in row.get("mlx_linalg_ext", {}):
             try:
                 row["products"] = products_needed(a)
@@ -460,6 +518,13 @@ def main():
                 f"  {r['products']} products x {r['gemm_ms']:.3f} ms GEMM:"
                 f" {r['over_gemm_limit']:.2f}x the limit"
             )
+        if "limit_ms" in r:
+            hbm = f"HBM {r['hbm_ms']:.3f} ms, " if "hbm_ms" in r else ""
+            limit = f"  limit {r['limit_ms']:.3f} ms ({hbm}floor {r['floor_ms']:.3f})"
+            if "over_limit" in r:
+                limit += f": {r['over_limit']:.1f}x"
+            if "target_ms" in r:
+                limit += f"; target {r['target_ms']} ms"
         if "product_over_matmul" in r:
             limit += (
                 f"; one product {r['product_ms']:.3f} ms ="

@@ -55,14 +55,16 @@ class Target:
 # A Metal emulator build runs its float32/complex64 Metal kernels on the CPU
 # stream: name that target after what runs.
 _CPU_ID = "metal-emu" if getattr(mle._ext, "backend", "") == "metal-emulator" else "cpu"
-_SMALL, _TC, _SM90 = (
-    f"MLX_LINALG_EXT_CUDA_{k}" for k in ("SMALL_MAX", "TC_MIN", "SM90_MIN")
+_SMALL, _TINY, _TC, _SM90 = (
+    f"MLX_LINALG_EXT_CUDA_{k}" for k in ("SMALL_MAX", "TINY_MAX", "TC_MIN", "SM90_MIN")
 )
 _NEVER = "1000000"  # a size no matrix reaches: the path is never taken
 
 TARGETS = [
     Target(_CPU_ID, mx.cpu, float64=True),
     Target("gpu", mx.gpu, cuda=HAS_CUDA_KERNELS, present=HAS_GPU),
+    # n <= 8 through the fused kernel (one block a matrix), not the tiny one.
+    Target("gpu-fused", mx.gpu, ((_TINY, "0"),), cuda=True, path=True),
     # Every size through the GEMM path (no fused small-matrix kernel).
     Target("gpu-gemm", mx.gpu, ((_SMALL, "0"),), cuda=True, path=True),
     # Products on tensor cores (3xTF32) from n = 64, and never (SIMT FP32).
@@ -78,7 +80,7 @@ TARGETS = [replace(t, present=HAS_CUDA_KERNELS) if t.path else t for t in TARGET
 
 def pytest_configure(config):
     for line in (
-        "cuda_paths: also run on every forced CUDA code path",
+        "cuda_paths(*ids): also run on every forced CUDA code path (or those named)",
         "gpu_only: runs on GPU targets only",
         "cuda_only: runs where this package's CUDA kernels run",
         "float64: computes in float64 (CPU only in MLX)",
@@ -90,8 +92,14 @@ def pytest_configure(config):
 def pytest_generate_tests(metafunc):
     if "device" not in metafunc.fixturenames:
         return
-    paths = metafunc.definition.get_closest_marker("cuda_paths") is not None
-    targets = [t for t in TARGETS if paths or not t.path]
+    # cuda_paths: every forced path; cuda_paths("gpu-fused", ...): those named.
+    marker = metafunc.definition.get_closest_marker("cuda_paths")
+    named = set(marker.args) if marker is not None and marker.args else None
+    targets = [
+        t
+        for t in TARGETS
+        if not t.path or (marker is not None and (named is None or t.id in named))
+    ]
     metafunc.parametrize("device", targets, ids=[t.id for t in targets], indirect=True)
 
 

@@ -1,6 +1,9 @@
 """Batches of tiny matrices (n <= 8), the Lie-group case: on Metal, and in
 the emulator build, they run one matrix per thread, many matrices per
-threadgroup (metal/expm_tiny.h); the tests run on every target.
+threadgroup (metal/expm_tiny.h); on CUDA many matrices per block, one thread
+or one row a thread per matrix (csrc/cuda/tiny_kernel.cuh), and on the
+gpu-fused target the same inputs through the fused kernel (one block a
+matrix). The tests run on every target.
 
 Each batch draws its elements from a pool of matrices spread over every degree
 band, the squaring regime and the trace shift, in random order, so that every
@@ -28,6 +31,8 @@ from expm_testutils import (
     to_np,
     tol_cond,
 )
+
+pytestmark = pytest.mark.cuda_paths("gpu-fused")
 
 HALF_U = {mx.float16: 2.0**-11, mx.bfloat16: 2.0**-8}
 DTYPES = [mx.float32, mx.complex64, mx.float16, mx.bfloat16, mx.float64]
@@ -105,7 +110,8 @@ def _check_half(fn, args, dtype, device):
         np.testing.assert_array_equal(to_np(g), to_np(v.astype(dtype)))
 
 
-# No multiple of any threadgroup size of the tiny kernels (3 .. 128 matrices).
+# No multiple of any threadgroup size of the tiny kernels (3 .. 128 matrices
+# on Metal, 16 .. 128 a block on CUDA).
 BATCHES = [1, 63, 65, 1003]
 
 

@@ -8,6 +8,8 @@
 // the dual evaluation (dP = dL R + L dR, d(X^2) = X dX + dX X). Nothing is
 // read back to the host.
 //
+// - tiny_kernel.cu: n <= 8, many matrices a block (one thread, or one row
+//   a thread, per matrix);
 // - fused_kernel.cu: n <= 64 (32 for complex64 with the derivative), one
 //   block per matrix, one launch for the batch;
 // - pair_kernel.cu: the float forward at n = 65..128 on sm_90, a cluster of
@@ -26,6 +28,7 @@
 #include "cuda/pair_kernel.h"
 #include "cuda/sm90_path.h"
 #include "cuda/test_hooks.h"
+#include "cuda/tiny_kernel.h"
 #include "mlx/backend/cuda/utils.h"
 #include "primitives.h"
 
@@ -86,7 +89,12 @@ void expm_gpu(
   T* pl = frechet ? gpu_ptr<T>(outputs[1]) : nullptr;
   const TestHooks hooks = test_hooks();
 
-  // Small matrices: one fused kernel for the batch.
+  // Tiny matrices: many a block; small ones: a block each. One kernel for
+  // the batch either way.
+  if (n <= std::min({hooks.tiny_max, hooks.small_max, kTinyMaxN})) {
+    launch_tiny<T>(launcher, pa, pe, px, pl, n, batch);
+    return;
+  }
   if constexpr (std::is_same_v<T, float>) {
     if (!frechet && n >= kPairMinN &&
         n <= std::min(hooks.small_max, kPairMaxN) && pair_kernel_runs_here()) {

@@ -18,6 +18,7 @@ void read_int(const char* name, int& value) {
 TestHooks test_hooks() {
   TestHooks hooks;
   read_int("MLX_LINALG_EXT_CUDA_SMALL_MAX", hooks.small_max);
+  read_int("MLX_LINALG_EXT_CUDA_TINY_MAX", hooks.tiny_max);
   read_int("MLX_LINALG_EXT_CUDA_TC_MIN", hooks.tc_min);
   read_int("MLX_LINALG_EXT_CUDA_SM90_MIN", hooks.sm90_min);
   return hooks;

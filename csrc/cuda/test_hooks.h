@@ -6,6 +6,9 @@
 //       (default 128: n <= 64 one block a matrix, n = 65..128 the float
 //       forward on a cluster of two on sm_90). k < 128 sends larger n to the
 //       GEMM path (0: every n); values above 128 act as 128.
+//   MLX_LINALG_EXT_CUDA_TINY_MAX=k   largest n for the tiny-matrix kernel
+//       (default 8, many matrices a block; values above 8 act as 8). 0:
+//       every n <= 8 to the fused kernel. SMALL_MAX below k lowers it too.
 //   MLX_LINALG_EXT_CUDA_TC_MIN=k     smallest n whose GEMM-path products run
 //       on tensor cores in 3xTF32 (default 512; below it FP32 FMAs, whose
 //       error grows with n where 3xTF32's barely does). A huge k: FP32 FMAs
@@ -20,6 +23,7 @@ namespace mlx_linalg_ext::cuda {
 
 struct TestHooks {
   int small_max = 128;
+  int tiny_max = 8;
   int tc_min = 512;
   int sm90_min = 2048;
 };
