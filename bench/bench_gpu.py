@@ -44,7 +44,7 @@ import scipy.linalg as sla
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 import mlx_ops_baseline
-from common import products_needed, random_matrices, rel_err, wide
+from common import products_needed, products_total, random_matrices, rel_err, wide
 
 METAL = mx.metal.is_available()
 
@@ -66,6 +66,9 @@ CASES = [
     (1_000_000, 4, "float32", 1.0),
     (262_144, 8, "float32", 1.0),
     (1_000_000, 3, "complex64", 1.0),
+    # Batches of 32x32 and 64x64 (the fused kernel): against the compute limit.
+    (16_384, 32, "float32", 1.0),
+    (4_096, 64, "float32", 1.0),
 ]
 
 # End-to-end targets (ms, H200) of the large tiny-matrix batches, keyed by
@@ -78,6 +81,9 @@ TINY_TARGET_MS = {
 }
 # Peak HBM bandwidth (TB/s) by GPU name; --hbm-tbps for others.
 HBM_TBPS = {"H200": 4.8, "H100 80GB HBM3": 3.35, "H100": 3.35}
+# Peak FP64 tensor-core rate (TFLOP/s, dense), the unit of the fused
+# kernel's float products from n = 9 (NOTES.md): H100/H200 SXM.
+FP64_TC_TFLOPS = {"H200": 67.0, "H100 80GB HBM3": 67.0}
 # Errors of batches larger than this are measured on their first REF_MAX
 # matrices (SciPy's float64 reference of a million matrices takes minutes).
 REF_MAX = 16384
@@ -133,6 +139,22 @@ def tiny_limit(row, tbps, floor_ms):
     ours = row.get("mlx_linalg_ext", {}).get("ms")
     if ours is not None:
         row["over_limit"] = ours / row["limit_ms"]
+
+
+def compute_limit(row, a, gpu):
+    """The fused-kernel batches (9 <= n <= 64): every matrix's products
+    (degree + squarings) x 2 n^3 flops (x4 complex) at the FP64 tensor-core
+    peak, against our time (fills row)."""
+    n, batch = row["n"], row["batch"]
+    peak = next((v for k, v in FP64_TC_TFLOPS.items() if k in gpu), None)
+    ours = row.get("mlx_linalg_ext", {}).get("ms")
+    if not (9 <= n <= 64 and batch > 1 and peak and ours):
+        return
+    products = products_total(a)
+    flops = products * 2.0 * n**3 * (4 if row["dtype"] == "complex64" else 1)
+    row["products_total"] = products
+    row["compute_ms"] = flops / (peak * 1e12) * 1e3
+    row["over_compute"] = ours / row["compute_ms"]
 
 
 def time_fn(fn, sync, reps, warmup=3):
@@ -424,6 +446,7 @@ def main():
             except Exception as exc:  # noqa: BLE001
                 row[name] = {"error": f"{type(exc).__name__}: {exc}"[:200]}
         tiny_limit(row, tbps, info["mlx_eval_floor_ms"])
+        compute_limit(row, a, info["gpu"])
         if batch == 1 and "ms" in row.get("mlx_linalg_ext", {}):
             try:
                 row["products"] = products_needed(a)
@@ -525,6 +548,11 @@ def main():
                 limit += f": {r['over_limit']:.1f}x"
             if "target_ms" in r:
                 limit += f"; target {r['target_ms']} ms"
+        if "over_compute" in r:
+            limit += (
+                f"  {r['products_total'] / r['batch']:.1f} products a matrix at the FP64"
+                f" tensor-core peak: {r['compute_ms']:.3f} ms, {r['over_compute']:.1f}x"
+            )
         if "product_over_matmul" in r:
             limit += (
                 f"; one product {r['product_ms']:.3f} ms ="
