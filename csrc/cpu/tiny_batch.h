@@ -130,12 +130,12 @@ class TinyBlock {
       product(slot_[1], slot_[1], slot_[2], false);
       product(slot_[2], slot_[1], slot_[3], false);
       int first[kLanes] = {};
+      double norm2[kLanes] = {}, norm3[kLanes] = {};
       for (int w = 0; w < count; ++w) {
+        norm2[w] = lane_norm(slot_[2], w);
+        norm3[w] = lane_norm(slot_[3], w);
         first[w] = expm::refine_squarings(
-            lane_norm(slot_[2], w),
-            lane_norm(slot_[3], w),
-            lane[w].squarings,
-            precision());
+            norm2[w], norm3[w], lane[w].squarings, precision());
       }
       scale_powers(first, count, 3);
       product(slot_[3], slot_[3], slot_[4], false);
@@ -143,8 +143,8 @@ class TinyBlock {
       most_squarings = 0;
       for (int w = 0; w < count; ++w) {
         lane[w].squarings = expm::refine_squarings_sixth(
-            lane_norm(slot_[2], w),
-            lane_norm(slot_[3], w),
+            std::ldexp(norm2[w], -2 * first[w]),
+            std::ldexp(norm3[w], -3 * first[w]),
             lane_norm(slot_[4], w),
             first[w],
             precision());

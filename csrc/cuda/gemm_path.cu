@@ -77,20 +77,18 @@ colsum_kernel(int b0, const T* __restrict__ a, double* colsum, int n) {
 
 // Norms -> Params per matrix (256 threads); block 0 also clears the grid
 // barrier.
-template <typename T>
-__global__ void decide_kernel(const T* a, const double* colsum, Work w) {
+// The largest of cs[0, n) and of cs[n, 2n) (two sets of column sums; NaN
+// wins), reduced over the block: valid in thread 0. blockDim.x is a power of
+// two up to 256.
+__device__ double2 block_column_maxima(const double* cs, int n) {
   __shared__ double part[2][256];
-  __shared__ double2 red[256];
-  int b = blockIdx.x;
-  T mu = block_mean_diagonal(a + size_t(b) * w.n * w.n, w.n, threadIdx.x, red);
-  double norm = 0.0, shifted = 0.0;
-  const double* cs = colsum + size_t(b) * 2 * w.n;
-  for (int j = threadIdx.x; j < w.n; j += blockDim.x) {
-    norm = nan_max(norm, cs[j]);
-    shifted = nan_max(shifted, cs[w.n + j]);
+  double first = 0.0, second = 0.0;
+  for (int j = threadIdx.x; j < n; j += blockDim.x) {
+    first = nan_max(first, cs[j]);
+    second = nan_max(second, cs[n + j]);
   }
-  part[0][threadIdx.x] = norm;
-  part[1][threadIdx.x] = shifted;
+  part[0][threadIdx.x] = first;
+  part[1][threadIdx.x] = second;
   __syncthreads();
   for (int h = blockDim.x / 2; h > 0; h /= 2) {
     if (threadIdx.x < h) {
@@ -101,10 +99,19 @@ __global__ void decide_kernel(const T* a, const double* colsum, Work w) {
     }
     __syncthreads();
   }
+  return make_double2(part[0][0], part[1][0]);
+}
+
+template <typename T>
+__global__ void decide_kernel(const T* a, const double* colsum, Work w) {
+  __shared__ double2 red[256];
+  int b = blockIdx.x;
+  T mu = block_mean_diagonal(a + size_t(b) * w.n * w.n, w.n, threadIdx.x, red);
+  const double2 norms = block_column_maxima(colsum + size_t(b) * 2 * w.n, w.n);
   if (threadIdx.x == 0) {
     Params p = {};
     put_mu(mu, p.mu_re, p.mu_im);
-    w.params[b] = decide_params(part[0][0], part[1][0], p);
+    w.params[b] = decide_params(norms.x, norms.y, p);
     if (b == 0) {
       w.barrier[0] = 0;
       w.barrier[1] = 0;
@@ -178,32 +185,14 @@ __global__ void power_colsum_kernel(int b0, double* colsum, Work w) {
 // The refined s per matrix from power_colsum_kernel's sums (256 threads);
 // every later launch (approximant, squarings) reads it.
 __global__ void refine_kernel(const double* colsum, Work w) {
-  __shared__ double part[2][256];
   const int b = blockIdx.x;
   if (!refines(w.params[b])) {
     return;
   }
-  double norm2 = 0.0, norm3 = 0.0;
-  const double* cs = colsum + size_t(b) * 2 * w.n;
-  for (int j = threadIdx.x; j < w.n; j += blockDim.x) {
-    norm2 = nan_max(norm2, cs[j]);
-    norm3 = nan_max(norm3, cs[w.n + j]);
-  }
-  part[0][threadIdx.x] = norm2;
-  part[1][threadIdx.x] = norm3;
-  __syncthreads();
-  for (int h = blockDim.x / 2; h > 0; h /= 2) {
-    if (threadIdx.x < h) {
-      part[0][threadIdx.x] =
-          nan_max(part[0][threadIdx.x], part[0][threadIdx.x + h]);
-      part[1][threadIdx.x] =
-          nan_max(part[1][threadIdx.x], part[1][threadIdx.x + h]);
-    }
-    __syncthreads();
-  }
+  const double2 norms = block_column_maxima(colsum + size_t(b) * 2 * w.n, w.n);
   if (threadIdx.x == 0) {
     w.params[b].squarings = expm::refine_squarings(
-        part[0][0], part[1][0], w.params[b].squarings, expm::kSingle);
+        norms.x, norms.y, w.params[b].squarings, expm::kSingle);
   }
 }
 
