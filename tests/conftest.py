@@ -83,6 +83,7 @@ def pytest_configure(config):
         "cuda_paths(*ids): also run on every forced CUDA code path (or those named)",
         "gpu_only: runs on GPU targets only",
         "cuda_only: runs where this package's CUDA kernels run",
+        "cpu_backend: tests of the CPU backend itself (not the Metal emulator's kernels)",
         "float64: computes in float64 (CPU only in MLX)",
     ):
         config.addinivalue_line("markers", line)
@@ -115,6 +116,8 @@ def _why_not(item):
         return "GPU-only tests on the CPU"
     if item.get_closest_marker("cuda_only") and not target.cuda:
         return f"CUDA-only tests on {target.id} (no CUDA kernels there)"
+    if item.get_closest_marker("cpu_backend") and target.id != "cpu":
+        return f"CPU-backend tests on {target.id} (other kernels run there)"
     uses_f64 = item.get_closest_marker("float64") or any(
         (isinstance(v, mx.Dtype) and v == mx.float64)
         or (isinstance(v, str) and v == "float64")

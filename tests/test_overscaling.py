@@ -124,10 +124,11 @@ def test_float64_within_10x_of_scipy(case):
     assert ours <= max(10 * scipy, 4 * U64), f"ours {ours:.2e} scipy {scipy:.2e}"
 
 
+@pytest.mark.cpu_backend
 @pytest.mark.parametrize("dtype", [mx.float32, mx.complex64, mx.float64], ids=str)
 @pytest.mark.parametrize("lower", [False, True], ids=["upper", "lower"])
 @pytest.mark.parametrize("n", [1, 3, 8, 12, 40])
-def test_triangular_band_on_the_cpu(rng, n, lower, dtype):
+def test_triangular_band_on_the_cpu(device, rng, n, lower, dtype):
     # With the exact band the error stays near u whatever s: at most 3.7 u
     # measured up to n = 12 and 15 u at n = 40 (complex64); without it, up to
     # 1.7e3 u (float32, n = 8, scale 1e3).
@@ -143,7 +144,8 @@ def test_triangular_band_on_the_cpu(rng, n, lower, dtype):
     assert np.all(np.abs(d - np.exp(np.diagonal(a))) <= 2 * u * np.abs(d))
 
 
-def test_jordan_on_the_cpu():
+@pytest.mark.cpu_backend
+def test_jordan_on_the_cpu(device):
     # exp(-I + c N) entry by entry in float32 on the CPU: the band is exact,
     # the rest follows from it (at most 0.6 u measured).
     for c in [1e1, 1e2, 1e3]:
