@@ -14,41 +14,59 @@
 #include "cuda/tiny_kernel.cuh"
 #include "cuda/tiny_kernel.h"
 
+#include <type_traits>
+
 namespace mlx_linalg_ext::cuda {
 
 namespace {
 
 constexpr int kTinyWarps = 4; // warps a block
 
-// The lanes of one warp that hold a matrix, one row each.
+// The lanes of one warp that hold a matrix, R rows each (G = N / R lanes,
+// consecutive, from lead).
 struct TinyWarpGroup {
   unsigned mask;
+  int lead;
   int row0;
+  int lanes;
   __device__ __forceinline__ void sync() const {
     __syncwarp(mask);
   }
+  // The largest v of the group, NaN kept: the same reads in the same order
+  // on every lane, so the same value.
+  __device__ __forceinline__ float max(float v) const {
+    if (lanes == 1) {
+      return v;
+    }
+    float m = __shfl_sync(mask, v, lead);
+    for (int k = 1; k < lanes; ++k) {
+      m = nan_maxf(m, __shfl_sync(mask, v, lead + k));
+    }
+    return m;
+  }
 };
 
-template <typename T, bool kFrechet, int N>
+// G threads a matrix, W warps a block.
+template <typename T, bool kFrechet, int N, int G, int W>
 struct TinyShape {
-  static constexpr int kGroup = tiny_threads_per_matrix<T, kFrechet>(N);
+  static_assert(N % G == 0 && G <= 32);
+  static constexpr int kGroup = G;
   static constexpr int kPerWarp = 32 / kGroup; // matrices a warp
-  static constexpr int kPerBlock = kPerWarp * kTinyWarps;
+  static constexpr int kPerBlock = kPerWarp * W;
   static constexpr int kPitch = tiny_pitch<T>(N);
   static constexpr int kElems = kPerBlock * kPitch; // a region set
 };
 
-template <typename T, bool kFrechet, int N>
-__global__ void __launch_bounds__(32 * kTinyWarps) expm_tiny_kernel(
+template <typename T, bool kFrechet, int N, int G, int W>
+__global__ void __launch_bounds__(32 * W) expm_tiny_kernel(
     const T* __restrict__ a,
     const T* __restrict__ e,
     T* __restrict__ x,
     T* __restrict__ l,
     int batch) {
-  using S = TinyShape<T, kFrechet, N>;
-  constexpr int G = S::kGroup;
+  using S = TinyShape<T, kFrechet, N, G, W>;
   constexpr int kNN = N * N;
-  constexpr int kThreads = 32 * kTinyWarps;
+  constexpr int kThreads = 32 * W;
   __shared__ __align__(16) T smem[(kFrechet ? 2 : 1) * S::kElems];
   T* buf = smem;
   T* dbuf = smem + (kFrechet ? S::kElems : 0);
@@ -68,7 +86,8 @@ __global__ void __launch_bounds__(32 * kTinyWarps) expm_tiny_kernel(
   const int m = int(threadIdx.x) / 32 * S::kPerWarp + lane / G;
   if (lane < S::kPerWarp * G && m < count) {
     const int lead = lane / G * G; // the group's first lane
-    const TinyWarpGroup group{((1u << G) - 1) << lead, lane - lead};
+    const unsigned mask = unsigned((1ull << G) - 1) << lead;
+    const TinyWarpGroup group{mask, lead, (lane - lead) * (N / G), G};
     TinyEval<T, N, N / G, kFrechet, TinyWarpGroup> eval(
         group, buf + m * S::kPitch, dbuf + m * S::kPitch);
     eval.run();
@@ -83,6 +102,28 @@ __global__ void __launch_bounds__(32 * kTinyWarps) expm_tiny_kernel(
   }
 }
 
+template <typename T, bool kFrechet, int N, int G, int W>
+void add_tiny(
+    Launcher& launcher,
+    const T* a,
+    const T* e,
+    T* x,
+    T* l,
+    int batch) {
+  using S = TinyShape<T, kFrechet, N, G, W>;
+  const int blocks = (batch + S::kPerBlock - 1) / S::kPerBlock;
+  launcher.add(
+      cu_function(expm_tiny_kernel<T, kFrechet, N, G, W>),
+      dim3(blocks),
+      dim3(32 * W),
+      0,
+      a,
+      e,
+      x,
+      l,
+      batch);
+}
+
 template <typename T, bool kFrechet>
 void launch(
     Launcher& launcher,
@@ -94,18 +135,8 @@ void launch(
     int batch) {
   auto go = [&](auto order) {
     constexpr int N = decltype(order)::value;
-    using S = TinyShape<T, kFrechet, N>;
-    const int blocks = (batch + S::kPerBlock - 1) / S::kPerBlock;
-    launcher.add(
-        cu_function(expm_tiny_kernel<T, kFrechet, N>),
-        dim3(blocks),
-        dim3(32 * kTinyWarps),
-        0,
-        a,
-        e,
-        x,
-        l,
-        batch);
+    constexpr int G = tiny_threads_per_matrix<T, kFrechet>(N);
+    add_tiny<T, kFrechet, N, G, kTinyWarps>(launcher, a, e, x, l, batch);
   };
   switch (n) {
     case 1:

@@ -6,16 +6,25 @@
 // indexed at compile time (one program per degree, loops over n unrolled),
 // so they stay in registers.
 //
-// Numerics: those of the fused kernel (1-norms in double, expm::decide,
+// Numerics: those of the fused kernel (trace in double, expm::decide,
 // products and combinations with FMAs in slot order, e^(mu 2^-s) in double),
-// plus the overscaling of the last degree (expm::refine_squarings): B^2 and
-// B^3 are formed from the unscaled B - the first two products of that
-// program - and scaled by 4^-s, 8^-s with the refined s.
+// except the 1-norms: column sums of n <= 8 terms in float (relative error
+// <= 8u, far inside the thresholds' margins; in double every term costs a
+// conversion on a quarter-rate pipe),
+// plus both overscaling rules of the last degree, as on the CPU
+// (expm::refine_squarings from B^2 and B^3 of the unscaled B, then
+// expm::refine_squarings_sixth from B^6 of the scaled B^3): its first three
+// products, rescaled exactly by powers of two.
 #pragma once
 
 #include "cuda/kernel_utils.cuh"
 
 namespace mlx_linalg_ext::cuda {
+
+// max that keeps a NaN.
+__device__ __forceinline__ float nan_maxf(float a, float b) {
+  return (b > a || isnan(b)) ? b : a;
+}
 
 // Threads per matrix: 1 where the live matrices of the degree-18 program (7
 // forward, 14 with the derivative) fit in about 128 registers, else n.
@@ -131,12 +140,14 @@ struct TinyRows {
   T v[R][N];
 };
 
-// exp(A), and L(A, E) when kFrechet, of one N x N matrix whose R = N or 1
-// rows per thread a Group holds. Group: row0 (the first row of this
-// thread) and sync() (orders the exchanges among the group's threads; a
-// no-op for R = N). The matrix is row-major at ex (E at dex), and the
-// results go there; for R = 1 the region also passes each product's right
-// operand between the group's threads.
+// exp(A), and L(A, E) when kFrechet, of one N x N matrix held by a Group of
+// N / R threads, R = N or 1 rows each (R = 2 rows on 4 threads for n = 8
+// and on 2 threads for n = 4 ran 17% and 40% slower on an H200). Group: row0
+// (the first row of this thread), sync() (orders the exchanges among the
+// group's threads) and max(v) (the largest v of the group, NaN kept, the same
+// on every thread); for R = N both are no-ops. The matrix is row-major at ex (E
+// at dex), and the results go there; for R < N the region also passes each
+// product's right operand between the group's threads.
 template <typename T, int N, int R, bool kFrechet, typename Group>
 class TinyEval {
   static_assert(R == N || R == 1);
@@ -147,32 +158,37 @@ class TinyEval {
       : group_(group), ex_(ex), dex_(dex) {}
 
   __device__ __forceinline__ void run() {
-    // The decision, by every thread of the group from the whole matrix (the
-    // same sums in the same order: the same answer): mu = tr(A)/n and the
-    // column sums in double, in row order, as in the fused kernel.
+    // The decision: mu = tr(A)/n in double by every thread of the group (the
+    // same sums in the same order: the same answer), column sums in row
+    // order.
     double2 tr = make_double2(0.0, 0.0);
 #pragma unroll
     for (int i = 0; i < N; ++i) {
       tr = add2(tr, widen(ex_[i * N + i]));
     }
     const T mu = narrow<T>(make_double2(tr.x / N, tr.y / N));
-    double norm = 0.0, shifted = 0.0;
+    // Each thread sums the columns of its rows' indices; the group's
+    // largest sum is the 1-norm.
+    float norm = 0.0f, shifted = 0.0f;
 #pragma unroll
-    for (int j = 0; j < N; ++j) {
-      const double diag_shifted = double(abs_of(ex_[j * N + j] - mu));
-      double sum = 0.0, sum_shifted = 0.0;
+    for (int c = 0; c < R; ++c) {
+      const int j = row0() + c;
+      const float diag_shifted = abs_of(ex_[j * N + j] - mu);
+      float sum = 0.0f, sum_shifted = 0.0f;
 #pragma unroll
       for (int i = 0; i < N; ++i) {
-        const double av = double(abs_of(ex_[i * N + j]));
+        const float av = abs_of(ex_[i * N + j]);
         sum += av;
         sum_shifted += i == j ? diag_shifted : av;
       }
-      norm = nan_max(norm, sum);
-      shifted = nan_max(shifted, sum_shifted);
+      norm = nan_maxf(norm, sum);
+      shifted = nan_maxf(shifted, sum_shifted);
     }
+    norm = group_.max(norm);
+    shifted = group_.max(shifted);
     Params p{};
     put_mu(mu, p.mu_re, p.mu_im);
-    p = decide_params(norm, shifted, p);
+    p = decide_params(double(norm), double(shifted), p);
 
     Rows b, db;
 #pragma unroll
@@ -246,18 +262,34 @@ class TinyEval {
     Rows dslot[2 + D];
     int s = p.squarings;
     slot[1] = b;
+    // The last degree's first three products (B^2, B^3, B^6) are formed
+    // here, their derivatives in the loop below from the scaled slots.
+    constexpr int kFormed = D == expm::kLastDegree ? 3 : 0;
     if constexpr (D == expm::kLastDegree) {
-      // B^2 and B^3 from the unscaled B; s from their norms; power-of-two
-      // scaling is exact, so they are the products of the scaled B.
+      // B^2 and B^3 of the unscaled B give s (alpha_2); B, B^2, B^3 are
+      // scaled exactly; then B^6 of the scaled B^3 may take squarings away.
       step(slot[1], slot[1], slot[1], slot[1], slot[2], dslot[2], true, false);
       step(slot[2], slot[1], slot[2], slot[1], slot[3], dslot[3], true, false);
-      if (s > 0) {
-        s = expm::refine_squarings(
-            norm1(slot[2]), norm1(slot[3]), s, expm::kSingle);
-        const float f = ldexpf(1.0f, -s);
-        scale(slot[1], f);
-        scale(slot[2], f * f);
-        scale(slot[3], f * f * f);
+      const bool refine = s > 0;
+      float norm2 = 0.0f, norm3 = 0.0f;
+      if (refine) {
+        norm2 = norm1(slot[2]);
+        norm3 = norm1(slot[3]);
+        s = expm::refine_squarings(norm2, norm3, s, expm::kSingle);
+        rescale<false>(slot, -s);
+      }
+      step(slot[3], slot[3], slot[3], slot[3], slot[4], dslot[4], true, false);
+      if (refine && s > 0) {
+        const int s6 = expm::refine_squarings_sixth(
+            ldexpf(norm2, -2 * s),
+            ldexpf(norm3, -3 * s),
+            norm1(slot[4]),
+            s,
+            expm::kSingle);
+        if (s6 < s) {
+          rescale<true>(slot, s - s6);
+          s = s6;
+        }
       }
     }
     if constexpr (kFrechet) {
@@ -268,9 +300,7 @@ class TinyEval {
     }
 #pragma unroll
     for (int k = 0; k < D; ++k) {
-      // The last degree's first two products are formed above; their
-      // derivatives are formed here, from the scaled slots.
-      const bool formed = D == expm::kLastDegree && k < 2;
+      const bool formed = k < kFormed;
       if (formed && !kFrechet) {
         continue;
       }
@@ -328,9 +358,12 @@ class TinyEval {
       bool primal,
       bool dual) {
     if constexpr (R < N) {
-      store_row<N>(ex_ + row0() * N, r.v[0]);
-      if (dual) {
-        store_row<N>(dex_ + row0() * N, dr.v[0]);
+#pragma unroll
+      for (int q = 0; q < R; ++q) {
+        store_row<N>(ex_ + (row0() + q) * N, r.v[q]);
+        if (dual) {
+          store_row<N>(dex_ + (row0() + q) * N, dr.v[q]);
+        }
       }
       group_.sync();
     }
@@ -373,37 +406,39 @@ class TinyEval {
     }
   }
 
-  // The 1-norm of a matrix, column sums in double in row order, NaN kept.
-  __device__ __forceinline__ double norm1(const Rows& m) {
-    double sum[N] = {};
+  // The 1-norm of a matrix, column sums in row order, NaN kept;
+  // each thread sums the columns of its rows' indices.
+  __device__ __forceinline__ float norm1(const Rows& m) {
+    float norm = 0.0f;
     if constexpr (R == N) {
 #pragma unroll
-      for (int i = 0; i < N; ++i) {
+      for (int j = 0; j < N; ++j) {
+        float sum = 0.0f;
 #pragma unroll
-        for (int j = 0; j < N; ++j) {
-          sum[j] += double(abs_of(m.v[i][j]));
+        for (int i = 0; i < N; ++i) {
+          sum += abs_of(m.v[i][j]);
         }
+        norm = nan_maxf(norm, sum);
       }
+      return norm;
     } else {
-      store_row<N>(ex_ + row0() * N, m.v[0]);
-      group_.sync();
 #pragma unroll
-      for (int i = 0; i < N; ++i) {
-        T row[N];
-        load_row<N>(ex_ + i * N, row);
-#pragma unroll
-        for (int j = 0; j < N; ++j) {
-          sum[j] += double(abs_of(row[j]));
-        }
+      for (int q = 0; q < R; ++q) {
+        store_row<N>(ex_ + (row0() + q) * N, m.v[q]);
       }
       group_.sync();
-    }
-    double norm = 0.0;
 #pragma unroll
-    for (int j = 0; j < N; ++j) {
-      norm = nan_max(norm, sum[j]);
+      for (int c = 0; c < R; ++c) {
+        float sum = 0.0f;
+#pragma unroll
+        for (int i = 0; i < N; ++i) {
+          sum += abs_of(ex_[i * N + row0() + c]);
+        }
+        norm = nan_maxf(norm, sum);
+      }
+      group_.sync();
+      return group_.max(norm);
     }
-    return norm;
   }
 
   // sum_{j >= 1} c[j] slot_j in increasing j (+ c[0] on the diagonal when
@@ -454,6 +489,22 @@ class TinyEval {
       }
     }
     return m;
+  }
+
+  // B, B^2, B^3 (and B^6 when kSixth) of slots 1..4 times 2^e, 4^e, 8^e,
+  // 64^e, exactly: the powers of B 2^e. 64^e in two factors (it can pass
+  // float's range where the product does not).
+  template <bool kSixth, int S>
+  __device__ __forceinline__ static void rescale(Rows (&slot)[S], int e) {
+    const float f = ldexpf(1.0f, e);
+    const float f3 = f * f * f;
+    scale(slot[1], f);
+    scale(slot[2], f * f);
+    scale(slot[3], f3);
+    if constexpr (kSixth) {
+      scale(slot[4], f3);
+      scale(slot[4], f3);
+    }
   }
 
   __device__ __forceinline__ static void scale(Rows& m, float f) {
