@@ -142,12 +142,15 @@ class TinyBlock {
       int change[kLanes] = {};
       most_squarings = 0;
       for (int w = 0; w < count; ++w) {
-        lane[w].squarings = expm::refine_squarings_sixth(
-            std::ldexp(norm2[w], -2 * first[w]),
-            std::ldexp(norm3[w], -3 * first[w]),
-            lane_norm(slot_[4], w),
-            first[w],
-            precision());
+        // A lane already at s = 0 keeps it (and skips the norm and logs).
+        lane[w].squarings = first[w] == 0
+            ? 0
+            : expm::refine_squarings_sixth(
+                  std::ldexp(norm2[w], -2 * first[w]),
+                  std::ldexp(norm3[w], -3 * first[w]),
+                  lane_norm(slot_[4], w),
+                  first[w],
+                  precision());
         change[w] = lane[w].squarings - first[w];
         most_squarings = std::max(most_squarings, lane[w].squarings);
       }
