@@ -674,6 +674,75 @@ inline int large_operand(Coefs c, int count, bool identity, int scratch) {
   return lone >= 1 ? slot_buffer(lone) : scratch;
 }
 
+// The column sums of A and of A - mu I (expm_params).
+template <typename T>
+struct ShiftedColumns {
+  const device T* a;
+  int n;
+  T mu;
+  void sums(int j, thread float& c, thread float& cs) const {
+    c = 0.0f;
+    cs = 0.0f;
+    for (int i = 0; i < n; ++i) {
+      T v = a[long(i) * n + j];
+      c += Elem<T>::magnitude(v);
+      cs += Elem<T>::magnitude(i == j ? v - mu : v);
+    }
+  }
+};
+
+// The column sums of x and, when pair, of y (else 0; expm_refine).
+template <typename T>
+struct BufferColumns {
+  const device T* x;
+  const device T* y;
+  int n;
+  bool pair;
+  void sums(int j, thread float& cx, thread float& cy) const {
+    cx = 0.0f;
+    cy = 0.0f;
+    for (int i = 0; i < n; ++i) {
+      cx += Elem<T>::magnitude(x[long(i) * n + j]);
+      if (pair) {
+        cy += Elem<T>::magnitude(y[long(i) * n + j]);
+      }
+    }
+  }
+};
+
+// Two 1-norms of a threadgroup's matrix, the maxima of the column sums
+// cols.sums(j, ...) gives: thread tid takes the columns tid, tid + threads,
+// ... (a row's elements are read by consecutive threads). The maxima, in
+// which NaN wins, reach thread 0. part: 2 * threads floats.
+template <typename C>
+void group_norms(
+    thread const C& cols,
+    int n,
+    int tid,
+    int threads,
+    threadgroup float* part,
+    thread float& n1,
+    thread float& n2) {
+  n1 = 0.0f;
+  n2 = 0.0f;
+  for (int j = tid; j < n; j += threads) {
+    float c1;
+    float c2;
+    cols.sums(j, c1, c2);
+    n1 = nan_max(n1, c1);
+    n2 = nan_max(n2, c2);
+  }
+  part[tid] = n1;
+  part[threads + tid] = n2;
+  threadgroup_barrier(mem_flags::mem_threadgroup);
+  if (tid == 0) {
+    for (int t = 1; t < threads; ++t) {
+      n1 = nan_max(n1, part[t]);
+      n2 = nan_max(n2, part[threads + t]);
+    }
+  }
+}
+
 // 1-norms, decision and factor per matrix; one threadgroup per matrix.
 template <typename T>
 [[kernel]] void expm_params(
@@ -709,29 +778,11 @@ template <typename T>
   const T mu = Elem<T>::make(mu_re, mu_im);
   threadgroup_barrier(mem_flags::mem_threadgroup);
 
-  // Thread tid sums the columns tid, tid + threads, ...: a row's elements
-  // are read by consecutive threads.
-  float norm = 0.0f;
-  float shifted_norm = 0.0f;
-  for (int j = tid; j < n; j += threads) {
-    float c = 0.0f;
-    float cs = 0.0f;
-    for (int i = 0; i < n; ++i) {
-      T v = a[long(i) * n + j];
-      c += Elem<T>::magnitude(v);
-      cs += Elem<T>::magnitude(i == j ? v - mu : v);
-    }
-    norm = nan_max(norm, c);
-    shifted_norm = nan_max(shifted_norm, cs);
-  }
-  part[tid] = norm;
-  part2[tid] = shifted_norm;
-  threadgroup_barrier(mem_flags::mem_threadgroup);
+  float norm;
+  float shifted_norm;
+  const ShiftedColumns<T> cols = {a, n, mu};
+  group_norms(cols, n, tid, threads, part, norm, shifted_norm);
   if (tid == 0) {
-    for (int t = 1; t < threads; ++t) {
-      norm = nan_max(norm, part[t]);
-      shifted_norm = nan_max(shifted_norm, part2[t]);
-    }
     const expm::Decision dec = expm::decide(norm, shifted_norm, expm::kSingle);
     const int s = dec.degree == expm::kNoAnswer ? 0 : dec.squarings;
     const float scale = ldexp(1.0f, -s);
@@ -1095,33 +1146,15 @@ template <typename T>
   if (p[kParamRefine] == 0.0f) {
     return;
   }
-  const device T* p2 =
-      matrix_buffer<T>(work, n, batch, frechet, b, slot_buffer(2));
-  const device T* p3 =
-      matrix_buffer<T>(work, n, batch, frechet, b, slot_buffer(3));
-  threadgroup float* part = (threadgroup float*)smem;
-  threadgroup float* part3 = part + threads;
-  // As the 1-norms of expm_params: consecutive threads, consecutive columns.
-  float norm2 = 0.0f;
-  float norm3 = 0.0f;
-  for (int j = tid; j < n; j += threads) {
-    float c2 = 0.0f;
-    float c3 = 0.0f;
-    for (int i = 0; i < n; ++i) {
-      c2 += Elem<T>::magnitude(p2[long(i) * n + j]);
-      c3 += Elem<T>::magnitude(p3[long(i) * n + j]);
-    }
-    norm2 = nan_max(norm2, c2);
-    norm3 = nan_max(norm3, c3);
-  }
-  part[tid] = norm2;
-  part3[tid] = norm3;
-  threadgroup_barrier(mem_flags::mem_threadgroup);
+  const BufferColumns<T> cols = {
+      matrix_buffer<T>(work, n, batch, frechet, b, slot_buffer(2)),
+      matrix_buffer<T>(work, n, batch, frechet, b, slot_buffer(3)),
+      n,
+      true};
+  float norm2;
+  float norm3;
+  group_norms(cols, n, tid, threads, (threadgroup float*)smem, norm2, norm3);
   if (tid == 0) {
-    for (int t = 1; t < threads; ++t) {
-      norm2 = nan_max(norm2, part[t]);
-      norm3 = nan_max(norm3, part3[t]);
-    }
     const int s = expm::refine_squarings(
         norm2, norm3, int(p[kParamSquarings]), expm::kSingle);
     const float scale = ldexp(1.0f, -s);
