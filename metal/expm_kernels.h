@@ -8,9 +8,11 @@
 // the factor e^(mu 2^-s), and s squarings. Where the decision is the last
 // degree with squarings, the first two products B^2, B^3 are formed from the
 // unscaled B = A - mu I and their 1-norms refine s
-// (expm::refine_squarings) before the scaling. The Frechet kernels carry the
-// derivative through the same program: dP = dL R + L dR for each product and
-// d(X^2) = X dX + dX X for each squaring.
+// (expm::refine_squarings) before the scaling; the third, B^6 of the scaled
+// B^3, may refine it again (expm::refine_squarings_sixth), the slots scaled
+// exactly to the final s. The Frechet kernels carry the derivative through
+// the same program, from E scaled by the final s: dP = dL R + L dR for each
+// product and d(X^2) = X dX + dX X for each squaring.
 #pragma once
 
 #include <metal_stdlib>
@@ -194,8 +196,8 @@ inline int small_destination(
 
 // What a product step computes: the primal product L R, the derivative
 // dL R + L dR, or both. A refined decision (expm::refines_squarings) forms
-// its first two primal products from the unscaled matrix and their
-// derivatives only after the scaling is known.
+// its first three primal products before the final scaling is known, and
+// their derivatives after.
 enum : int { kPrimal = 1, kDerivative = 2, kBoth = 3 };
 
 // The entries this thread owns of L R and/or dL R + L dR (Mode), into
@@ -331,6 +333,39 @@ void buffer_column_sums(
   }
 }
 
+// The last degree's slots B, B^2, B^3 (and B^6 when sixth) times 2^e, 4^e,
+// 8^e (64^e): powers of two, exact. 64^e as 8^e twice: 2^(6e) overflows
+// float beyond e = 21, while the scaled B^6 stays below theta^6. Each thread
+// scales the elements it owns; the barrier publishes them.
+template <int Own, int S, typename T, typename V>
+void scale_powers(
+    thread const V& v,
+    thread const int* slot,
+    bool sixth,
+    int e) {
+  const int nn = v.n * v.n;
+  const float f1 = ldexp(1.0f, e);
+  const float f2 = f1 * f1;
+  const float f3 = f2 * f1;
+  EXPM_UNROLL
+  for (int r = 0; r < Own; ++r) {
+    int idx = v.owned(r);
+    if (idx < nn) {
+      threadgroup T* b1 = v.bufs + (slot[1] * nn + idx) * S;
+      threadgroup T* b2 = v.bufs + (slot[2] * nn + idx) * S;
+      threadgroup T* b3 = v.bufs + (slot[3] * nn + idx) * S;
+      *b1 = f1 * *b1;
+      *b2 = f2 * *b2;
+      *b3 = f3 * *b3;
+      if (sixth) {
+        threadgroup T* b6 = v.bufs + (slot[4] * nn + idx) * S;
+        *b6 = f3 * (f3 * *b6);
+      }
+    }
+  }
+  v.barrier();
+}
+
 // The whole evaluation of the view's matrix; see the top of this section.
 template <typename T, bool Frechet, int Own, int S, typename V>
 void expm_program(thread const V& v) {
@@ -397,41 +432,46 @@ void expm_program(thread const V& v) {
 
   int first = 0;
   if (refine) {
-    // B^2 and B^3 of the unscaled B, their 1-norms and the squarings they
-    // allow; then B, B^2, B^3 (and E) scaled, exactly, as if B had been
-    // scaled first, and the derivatives of the two products from the scaled
-    // slots.
+    // B^2 and B^3 of the unscaled B give s (expm::refine_squarings); B, B^2,
+    // B^3 scaled by 2^-s, 4^-s, 8^-s, exactly; then B^6 (the third product)
+    // of the scaled B^3 may take squarings away
+    // (expm::refine_squarings_sixth), B .. B^6 scaled back up by 2^d .. 64^d.
+    // The slots are those of scaling B by the final 2^-s first; E gets that
+    // scale and the derivatives of the three products come from the slots.
     small_step<kPrimal, Own, S, T>(v, d, 0, slot, dslot, used, dused);
     small_step<kPrimal, Own, S, T>(v, d, 1, slot, dslot, used, dused);
     float norm2;
     float norm3;
     v.buffer_norms(
         bufs + slot[2] * nn * S, bufs + slot[3] * nn * S, norm2, norm3);
-    s = expm::refine_squarings(norm2, norm3, s, expm::kSingle);
+    const int s3 = expm::refine_squarings(norm2, norm3, s, expm::kSingle);
+    scale_powers<Own, S, T>(v, slot, false, -s3);
+    small_step<kPrimal, Own, S, T>(v, d, 2, slot, dslot, used, dused);
+    float norm6;
+    float unused;
+    const threadgroup T* b6 = bufs + slot[4] * nn * S;
+    v.buffer_norms(b6, b6, norm6, unused);
+    s = expm::refine_squarings_sixth(
+        ldexp(norm2, -2 * s3), ldexp(norm3, -3 * s3), norm6, s3, expm::kSingle);
     scale = ldexp(1.0f, -s);
-    const float scale2 = scale * scale;
-    const float scale3 = scale2 * scale;
-    EXPM_UNROLL
-    for (int r = 0; r < Own; ++r) {
-      int idx = v.owned(r);
-      if (idx < nn) {
-        threadgroup T* b1 = bufs + (slot[1] * nn + idx) * S;
-        threadgroup T* b2 = bufs + (slot[2] * nn + idx) * S;
-        threadgroup T* b3 = bufs + (slot[3] * nn + idx) * S;
-        *b1 = scale * *b1;
-        *b2 = scale2 * *b2;
-        *b3 = scale3 * *b3;
-        if (Frechet) {
+    // The same s in every thread (same norms): a uniform branch.
+    if (s != s3) {
+      scale_powers<Own, S, T>(v, slot, true, s3 - s);
+    }
+    if (Frechet) {
+      // Published by the first barrier of the step below, before any read.
+      EXPM_UNROLL
+      for (int r = 0; r < Own; ++r) {
+        int idx = v.owned(r);
+        if (idx < nn) {
           dbufs[(dslot[1] * nn + idx) * S] = scale * v.e_at(idx);
         }
       }
+      for (int k = 0; k < 3; ++k) {
+        small_step<kDerivative, Own, S, T>(v, d, k, slot, dslot, used, dused);
+      }
     }
-    v.barrier();
-    if (Frechet) {
-      small_step<kDerivative, Own, S, T>(v, d, 0, slot, dslot, used, dused);
-      small_step<kDerivative, Own, S, T>(v, d, 1, slot, dslot, used, dused);
-    }
-    first = 2;
+    first = 3;
   }
   for (int k = first; k < expm::kNumProducts[d]; ++k) {
     small_step<Frechet ? kBoth : kPrimal, Own, S, T>(
@@ -674,6 +714,75 @@ inline int large_operand(Coefs c, int count, bool identity, int scratch) {
   return lone >= 1 ? slot_buffer(lone) : scratch;
 }
 
+// The column sums of A and of A - mu I (expm_params).
+template <typename T>
+struct ShiftedColumns {
+  const device T* a;
+  int n;
+  T mu;
+  void sums(int j, thread float& c, thread float& cs) const {
+    c = 0.0f;
+    cs = 0.0f;
+    for (int i = 0; i < n; ++i) {
+      T v = a[long(i) * n + j];
+      c += Elem<T>::magnitude(v);
+      cs += Elem<T>::magnitude(i == j ? v - mu : v);
+    }
+  }
+};
+
+// The column sums of x and, when pair, of y (else 0; expm_refine).
+template <typename T>
+struct BufferColumns {
+  const device T* x;
+  const device T* y;
+  int n;
+  bool pair;
+  void sums(int j, thread float& cx, thread float& cy) const {
+    cx = 0.0f;
+    cy = 0.0f;
+    for (int i = 0; i < n; ++i) {
+      cx += Elem<T>::magnitude(x[long(i) * n + j]);
+      if (pair) {
+        cy += Elem<T>::magnitude(y[long(i) * n + j]);
+      }
+    }
+  }
+};
+
+// Two 1-norms of a threadgroup's matrix, the maxima of the column sums
+// cols.sums(j, ...) gives: thread tid takes the columns tid, tid + threads,
+// ... (a row's elements are read by consecutive threads). The maxima, in
+// which NaN wins, reach thread 0. part: 2 * threads floats.
+template <typename C>
+void group_norms(
+    thread const C& cols,
+    int n,
+    int tid,
+    int threads,
+    threadgroup float* part,
+    thread float& n1,
+    thread float& n2) {
+  n1 = 0.0f;
+  n2 = 0.0f;
+  for (int j = tid; j < n; j += threads) {
+    float c1;
+    float c2;
+    cols.sums(j, c1, c2);
+    n1 = nan_max(n1, c1);
+    n2 = nan_max(n2, c2);
+  }
+  part[tid] = n1;
+  part[threads + tid] = n2;
+  threadgroup_barrier(mem_flags::mem_threadgroup);
+  if (tid == 0) {
+    for (int t = 1; t < threads; ++t) {
+      n1 = nan_max(n1, part[t]);
+      n2 = nan_max(n2, part[threads + t]);
+    }
+  }
+}
+
 // 1-norms, decision and factor per matrix; one threadgroup per matrix.
 template <typename T>
 [[kernel]] void expm_params(
@@ -709,29 +818,11 @@ template <typename T>
   const T mu = Elem<T>::make(mu_re, mu_im);
   threadgroup_barrier(mem_flags::mem_threadgroup);
 
-  // Thread tid sums the columns tid, tid + threads, ...: a row's elements
-  // are read by consecutive threads.
-  float norm = 0.0f;
-  float shifted_norm = 0.0f;
-  for (int j = tid; j < n; j += threads) {
-    float c = 0.0f;
-    float cs = 0.0f;
-    for (int i = 0; i < n; ++i) {
-      T v = a[long(i) * n + j];
-      c += Elem<T>::magnitude(v);
-      cs += Elem<T>::magnitude(i == j ? v - mu : v);
-    }
-    norm = nan_max(norm, c);
-    shifted_norm = nan_max(shifted_norm, cs);
-  }
-  part[tid] = norm;
-  part2[tid] = shifted_norm;
-  threadgroup_barrier(mem_flags::mem_threadgroup);
+  float norm;
+  float shifted_norm;
+  const ShiftedColumns<T> cols = {a, n, mu};
+  group_norms(cols, n, tid, threads, part, norm, shifted_norm);
   if (tid == 0) {
-    for (int t = 1; t < threads; ++t) {
-      norm = nan_max(norm, part[t]);
-      shifted_norm = nan_max(shifted_norm, part2[t]);
-    }
     const expm::Decision dec = expm::decide(norm, shifted_norm, expm::kSingle);
     const int s = dec.degree == expm::kNoAnswer ? 0 : dec.squarings;
     const float scale = ldexp(1.0f, -s);
@@ -1012,9 +1103,9 @@ inline void product_tile(
 
 // Product position k: P = L R into slot 2 + k (group.z = b * passes + 0) and
 // dP = dL R + L dR into its derivative (group.z = b * passes + 1). A refined
-// matrix (kParamRefine) takes the derivatives of its first two products
+// matrix (kParamRefine) takes the derivatives of its first three products
 // from a later dispatch of its own (ints[4] = 1, group.z = b), after
-// expm_rescale.
+// expm_rescale's second pass.
 template <typename T>
 [[kernel]] void expm_product(
     device char* work [[buffer(0)]],
@@ -1038,7 +1129,7 @@ template <typename T>
     return;
   }
   const bool refine = params[kParamRefine] != 0.0f;
-  if (late ? !refine : refine && k < 2 && pass == 1) {
+  if (late ? !refine : refine && k < 3 && pass == 1) {
     return;
   }
   const int step = expm::kFirstStep[d] + k;
@@ -1074,9 +1165,12 @@ template <typename T>
   product_tile(dl, r, l, dr, 2, n, group, smem, tid.x, sg, lane, dp);
 }
 
-// The squarings of the matrices with kParamRefine from the 1-norms of their
-// first two products, B^2 and B^3 of the unscaled B (expm::refine_squarings),
-// and the factor e^(mu 2^-s) of the refined s; one threadgroup per matrix.
+// The squarings of the matrices with kParamRefine, in two passes (ints[2]),
+// one threadgroup per matrix. Pass 0, after the first two products: s from
+// the 1-norms of B^2 and B^3 of the unscaled B (expm::refine_squarings),
+// kept with those norms scaled for it. Pass 1, after the third product (B^6
+// of the B^3 that expm_rescale scaled): s from the 1-norm of B^6 too
+// (expm::refine_squarings_sixth), and the factor e^(mu 2^-s).
 template <typename T>
 [[kernel]] void expm_refine(
     device char* work [[buffer(0)]],
@@ -1087,6 +1181,7 @@ template <typename T>
     uint3 threads3 [[threads_per_threadgroup]]) {
   const int n = ints[0];
   const int batch = ints[1];
+  const bool sixth = ints[2] != 0;
   const bool frechet = ints[3] != 0;
   const int b = int(group.x);
   const int tid = int(tid3.x);
@@ -1095,47 +1190,45 @@ template <typename T>
   if (p[kParamRefine] == 0.0f) {
     return;
   }
-  const device T* p2 =
-      matrix_buffer<T>(work, n, batch, frechet, b, slot_buffer(2));
-  const device T* p3 =
-      matrix_buffer<T>(work, n, batch, frechet, b, slot_buffer(3));
-  threadgroup float* part = (threadgroup float*)smem;
-  threadgroup float* part3 = part + threads;
-  // As the 1-norms of expm_params: consecutive threads, consecutive columns.
-  float norm2 = 0.0f;
-  float norm3 = 0.0f;
-  for (int j = tid; j < n; j += threads) {
-    float c2 = 0.0f;
-    float c3 = 0.0f;
-    for (int i = 0; i < n; ++i) {
-      c2 += Elem<T>::magnitude(p2[long(i) * n + j]);
-      c3 += Elem<T>::magnitude(p3[long(i) * n + j]);
-    }
-    norm2 = nan_max(norm2, c2);
-    norm3 = nan_max(norm3, c3);
+  const BufferColumns<T> cols = {
+      matrix_buffer<T>(work, n, batch, frechet, b, slot_buffer(sixth ? 4 : 2)),
+      matrix_buffer<T>(work, n, batch, frechet, b, slot_buffer(3)),
+      n,
+      !sixth};
+  float norm;
+  float norm3;
+  group_norms(cols, n, tid, threads, (threadgroup float*)smem, norm, norm3);
+  if (tid != 0) {
+    return;
   }
-  part[tid] = norm2;
-  part3[tid] = norm3;
-  threadgroup_barrier(mem_flags::mem_threadgroup);
-  if (tid == 0) {
-    for (int t = 1; t < threads; ++t) {
-      norm2 = nan_max(norm2, part[t]);
-      norm3 = nan_max(norm3, part3[t]);
-    }
+  if (!sixth) {
     const int s = expm::refine_squarings(
-        norm2, norm3, int(p[kParamSquarings]), expm::kSingle);
-    const float scale = ldexp(1.0f, -s);
-    T factor = p[kParamShift] != 0.0f
-        ? Elem<T>::exp_of(p[kParamMuRe] * scale, p[kParamMuIm] * scale)
-        : Elem<T>::make(1.0f, 0.0f);
+        norm, norm3, int(p[kParamSquarings]), expm::kSingle);
     p[kParamSquarings] = float(s);
-    p[kParamFactorRe] = Elem<T>::re(factor);
-    p[kParamFactorIm] = Elem<T>::im(factor);
+    p[kParamFirstSquarings] = float(s);
+    p[kParamNorm2] = ldexp(norm, -2 * s);
+    p[kParamNorm3] = ldexp(norm3, -3 * s);
+    return;
   }
+  const int s = expm::refine_squarings_sixth(
+      p[kParamNorm2],
+      p[kParamNorm3],
+      norm,
+      int(p[kParamFirstSquarings]),
+      expm::kSingle);
+  const float scale = ldexp(1.0f, -s);
+  T factor = p[kParamShift] != 0.0f
+      ? Elem<T>::exp_of(p[kParamMuRe] * scale, p[kParamMuIm] * scale)
+      : Elem<T>::make(1.0f, 0.0f);
+  p[kParamSquarings] = float(s);
+  p[kParamFactorRe] = Elem<T>::re(factor);
+  p[kParamFactorIm] = Elem<T>::im(factor);
 }
 
-// B 2^-s, B^2 4^-s, B^3 8^-s (and E 2^-s) of the matrices with kParamRefine,
-// with their refined s: exactly the slots of scaling B first.
+// The slots of the matrices with kParamRefine, scaled exactly as if B had
+// been scaled first, in expm_refine's two passes (ints[2]). Pass 0: B 2^-s,
+// B^2 4^-s, B^3 8^-s of the first s. Pass 1: B, B^2, B^3, B^6 times 2^e,
+// 4^e, 8^e, 64^e, e the squarings the second s took away, and E 2^-s.
 template <typename T, bool Frechet>
 void expm_rescale_body(
     const device T* e_all,
@@ -1145,19 +1238,30 @@ void expm_rescale_body(
     uint3 group) {
   const int n = ints[0];
   const int batch = ints[1];
+  const bool sixth = ints[2] != 0;
   const int b = int(group.z);
   const device float* p = matrix_params(work, b);
   if (p[kParamRefine] == 0.0f) {
     return;
   }
-  const float scale = ldexp(1.0f, -int(p[kParamSquarings]));
-  const float scale2 = scale * scale;
-  const float scale3 = scale2 * scale;
+  const int s = int(p[kParamSquarings]);
+  const int e = sixth ? int(p[kParamFirstSquarings]) - s : -s;
+  const bool powers = e != 0;
+  if (!powers && !(sixth && Frechet)) {
+    return;
+  }
+  // 64^e as 8^e twice: 2^(6e) overflows float beyond e = 21, while the
+  // scaled B^6 stays below theta^6.
+  const float f1 = ldexp(1.0f, e);
+  const float f2 = f1 * f1;
+  const float f3 = f2 * f1;
+  const float scale = ldexp(1.0f, -s);
   const long nn = long(n) * n;
   const ulong base = ulong(b) * ulong(nn);
   device T* s1 = matrix_buffer<T>(work, n, batch, Frechet, b, slot_buffer(1));
   device T* s2 = matrix_buffer<T>(work, n, batch, Frechet, b, slot_buffer(2));
   device T* s3 = matrix_buffer<T>(work, n, batch, Frechet, b, slot_buffer(3));
+  device T* s6 = matrix_buffer<T>(work, n, batch, Frechet, b, slot_buffer(4));
   device T* se = Frechet
       ? matrix_buffer<T>(
             work, n, batch, Frechet, b, kLargeBuffers + slot_buffer(1))
@@ -1167,10 +1271,15 @@ void expm_rescale_body(
     if (idx >= nn) {
       break;
     }
-    s1[idx] = scale * s1[idx];
-    s2[idx] = scale2 * s2[idx];
-    s3[idx] = scale3 * s3[idx];
-    if (Frechet) {
+    if (powers) {
+      s1[idx] = f1 * s1[idx];
+      s2[idx] = f2 * s2[idx];
+      s3[idx] = f3 * s3[idx];
+      if (sixth) {
+        s6[idx] = f3 * (f3 * s6[idx]);
+      }
+    }
+    if (Frechet && sixth) {
       se[idx] = scale * e_all[base + idx];
     }
   }

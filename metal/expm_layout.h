@@ -26,7 +26,7 @@ enum : int {
   kGemmThreads = 256, // 16 x 16 threads, 2 x 2 outputs each
   kElemThreads = 256, // threads of the elementwise kernels
   kElemPerGroup = 1024, // elements one elementwise threadgroup covers
-  kParamWords = 8, // floats of parameters per matrix
+  kParamWords = 11, // floats of parameters per matrix
   kParamsThreadgroupBytes = 2 * kElemThreads * 4, // partial sums
   kParamAlign = 256, // the matrices start at a multiple of this in Work
   // Buffers per matrix and pass: slots A, P2..P6 (0..5), operands L, R
@@ -56,7 +56,7 @@ enum : int {
 // The per-matrix parameters, stored as floats (the integers are exact).
 enum : int {
   kParamDegree = 0, // degree index, or expm::kNoAnswer
-  kParamSquarings = 1, // refined in place by expm_refine
+  kParamSquarings = 1, // refined in place by expm_refine's two passes
   kParamShift = 2, // 1 when the trace shift is used
   kParamMuRe = 3, // mu
   kParamMuIm = 4,
@@ -64,8 +64,13 @@ enum : int {
   kParamFactorIm = 6,
   // 1 when expm_refine refines the squarings (expm::refines_squarings):
   // slot A holds the unscaled matrix until expm_rescale, and the derivatives
-  // of the first two products wait for it.
+  // of the first three products wait for its second pass.
   kParamRefine = 7,
+  // From expm_refine's first pass, for its second and expm_rescale's: the
+  // first rule's s, and ||B^2|| 4^-s, ||B^3|| 8^-s.
+  kParamFirstSquarings = 8,
+  kParamNorm2 = 9,
+  kParamNorm3 = 10,
 };
 
 inline long params_bytes(long batch) {

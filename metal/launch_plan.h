@@ -44,6 +44,15 @@ struct Plan {
 
 namespace detail {
 
+// The refinement after the third product reads B^6 = B^3 B^3: both operands
+// of that step are slot 3 as it is, in both passes, so the combine kernel
+// (which does not know which matrices refine) writes nothing for it.
+static_assert(
+    expm::kStepLeft[expm::kFirstStep[expm::kLastDegree] + 2][3] == 1 &&
+    expm::kStepRight[expm::kFirstStep[expm::kLastDegree] + 2][3] == 1 &&
+    expm::kStepLeft[expm::kFirstStep[expm::kLastDegree] + 2][0] == 0 &&
+    expm::kStepRight[expm::kFirstStep[expm::kLastDegree] + 2][0] == 0);
+
 inline const char* type_name(Type type) {
   return type == Type::Float32 ? "float32" : "complex64";
 }
@@ -213,7 +222,7 @@ inline Plan make_plan(
        0,
        with_work(io),
        ints});
-  // The product kernel's fifth int: 1 for the derivatives of the first two
+  // The product kernel's fifth int: 1 for the derivatives of the first three
   // products of the refined matrices (one pass per matrix).
   auto product_at = [&](int32_t k, int32_t late) {
     std::vector<int32_t> v = at(k);
@@ -237,20 +246,24 @@ inline Plan make_plan(
          product.threadgroup_bytes,
          {Arg::Work},
          product_at(k, 0)});
-    if (k != 1) {
+    if (k != 1 && k != 2) {
       continue;
     }
-    // Matrices at the last degree with squarings (kParamRefine) have B^2 and
-    // B^3 of the unscaled B now: their squarings from those 1-norms
-    // (expm::refine_squarings), then B, B^2, B^3 and E scaled with them, and
-    // the derivatives of the two products from the scaled slots.
+    // Matrices at the last degree with squarings (kParamRefine): after k = 1
+    // they have B^2 and B^3 of the unscaled B, whose 1-norms give s
+    // (expm::refine_squarings), and B, B^2, B^3 are scaled with it; after
+    // k = 2, B^6 of the scaled B^3 may take squarings away
+    // (expm::refine_squarings_sixth): B .. B^6 are scaled back up, E scaled
+    // with the final s, and the derivatives of the three products formed
+    // from the scaled slots.
+    const int32_t sixth = k == 2 ? 1 : 0;
     plan.steps.push_back(
         {"expm_refine_" + t,
          {b, 1, 1},
          {kElemThreads, 1, 1},
          kParamsThreadgroupBytes,
          {Arg::Work},
-         ints});
+         at(sixth)});
     plan.steps.push_back(
         {f + "rescale_" + t,
          {elem_groups, 1, b},
@@ -258,8 +271,8 @@ inline Plan make_plan(
          0,
          frechet ? std::vector<Arg>{Arg::E, Arg::Work}
                  : std::vector<Arg>{Arg::Work},
-         ints});
-    for (int32_t j = 0; frechet && j < 2; ++j) {
+         at(sixth)});
+    for (int32_t j = 0; frechet && sixth && j < 3; ++j) {
       plan.steps.push_back(
           {"expm_product_" + t,
            {tiles, tiles, b},

@@ -9,9 +9,11 @@ kernels' tiles.
 They run on every build against SciPy; with the Metal emulator
 (``_ext.backend == "metal-emulator"``) or Metal they run the Metal kernels.
 The overscaling tests (non-normal matrices whose squarings the norms of B^2
-and B^3 lower) check every Metal path against closed forms, and every
-other backend with them.
+and B^3, or of B^6, lower) check every Metal path against closed forms, and
+every other backend with them.
 """
+
+import math
 
 import mlx.core as mx
 import mlx_linalg_ext as mle
@@ -201,3 +203,134 @@ def test_overscaling_frechet(device, rng, n, dtype):
     assert_relerr(lx[:2], lr[:2], OVERSCALING_TOL, f"L at n={n}")
     assert_relerr(x[2], xr[2], tol_for(dtype, 0.4), f"unrefined X at n={n}")
     assert_relerr(lx[2], lr[2], 4 * tol_for(dtype, 0.4), f"unrefined L at n={n}")
+
+
+# The second overscaling rule (expm::refine_squarings_sixth): non-normal
+# matrices whose B^2 and B^3 are large and B^6 small, where the first rule
+# still asks for 9 to 12 squarings and the 1-norm of B^6 for 0 or 1. Measured
+# on the emulator: at most 1.3e-7 (X) and 3.0e-7 (L) with both rules; with
+# the first alone, 2.6e-6 to 1.2e-4 for the Jordan blocks and 3.4e-6 to
+# 3.6e-6 for the complex square-one blocks (the real ones, 1.8e-7 to 3.2e-7,
+# are not told apart). The bound sits between the two.
+SIXTH_TOL = 8e-7  # ~13 u
+# Tiny, fused and predicated for every dtype, forward and Frechet. Powers of
+# two: the kernels sum mu = tr(A) / n in float32 as the a_ii / n, exact for
+# -I only then (at n = 40 the shift misses -1 by 4e-7 and B^6 is not 0).
+SIXTH_NS = [8, 16, 64]
+
+
+def _nilpotent_exp(m):
+    """exp of a nilpotent matrix: its Taylor series, finite."""
+    term = np.eye(m.shape[-1], dtype=m.dtype)
+    total = term.copy()
+    for k in range(1, m.shape[-1] + 1):
+        term = term @ m / k
+        total = total + term
+    return total
+
+
+def _permuted(rng, a):
+    """P A P^T for a random permutation P: exact, and no longer triangular."""
+    p = rng.permutation(a.shape[-1])
+    return a[p][:, p]
+
+
+def _jordan_blocks(rng, n, c, cplx):
+    """-I + c N, N the shift within diagonal blocks of 6 (the last one
+    shorter), permuted: after the trace shift B = c N, B^6 = 0 and
+    ||B^3|| = |c|^3. exp(A) = e^-1 exp(B) and L(A, E) = e^-1
+    [exp([[B, E], [0, B]])]_12, both finite sums (the block matrix is
+    nilpotent too)."""
+    c = c * np.exp(0.7j) if cplx else c
+    b = np.zeros((n, n), dtype=complex if cplx else float)
+    for i in range(n - 1):
+        if i % 6 != 5:
+            b[i, i + 1] = c
+    return _permuted(rng, b - np.eye(n))
+
+
+def _jordan_refs(a, e):
+    n = a.shape[-1]
+    b = a + np.eye(n)
+    x = np.exp(-1.0) * _nilpotent_exp(b)
+    big = np.block([[b, e], [np.zeros_like(b), b]])
+    return x, np.exp(-1.0) * _nilpotent_exp(big)[:n, n:]
+
+
+# z of _square_one: exact in float32, as are z b and z / b at b = 2^20.
+SQUARE_ONE_B = 2.0**20
+
+
+def _square_one(rng, n, cplx):
+    """Blocks [[0, z b], [z / b, 0]] (b = 2^20, z = 1, or 1 + i for complex64),
+    permuted: B^2 = z^2 I, so ||B^3|| = |z|^3 b while B^6 = z^6 I."""
+    z = 1 + 1j if cplx else 1.0
+    a = np.zeros((n, n), dtype=complex if cplx else float)
+    for i in range(0, n - 1, 2):
+        a[i, i + 1] = z * SQUARE_ONE_B
+        a[i + 1, i] = z / SQUARE_ONE_B
+    return _permuted(rng, a)
+
+
+def _square_one_refs(a, e, cplx):
+    """With A^2 = lam I: exp(A) = cosh(z) I + sinh(z) / z A, and the series
+    L(A, E) = sum_k 1/k! sum_j A^j E A^(k-1-j) collects into
+    alpha E + beta (A E + E A) + gamma A E A."""
+    z = 1 + 1j if cplx else 1.0
+    lam = z * z
+    x = np.cosh(z) * np.eye(a.shape[-1]) + np.sinh(z) / z * a
+    f = math.factorial
+    alpha = sum((m + 1) * lam**m / f(2 * m + 1) for m in range(30))
+    beta = sum(m * lam ** (m - 1) / f(2 * m) for m in range(1, 30))
+    gamma = sum(m * lam ** (m - 1) / f(2 * m + 1) for m in range(1, 30))
+    return x, alpha * e + beta * (a @ e + e @ a) + gamma * (a @ e @ a)
+
+
+def _sixth_batch(rng, n, dtype):
+    """Jordan blocks at c = 1e3 and 1e4 and square-one blocks, rounded to
+    dtype (exactly: the references take the rounded matrices), names, and a
+    function of E giving the references (X, L)."""
+    cplx = dtype == mx.complex64
+    names = ["jordan c=1e3", "jordan c=1e4", "square-one b=2^20"]
+    mats = [
+        rounded(_jordan_blocks(rng, n, 1e3, cplx), dtype),
+        rounded(_jordan_blocks(rng, n, 1e4, cplx), dtype),
+        rounded(_square_one(rng, n, cplx), dtype),
+    ]
+
+    def refs(e):
+        pairs = [_jordan_refs(mats[0], e[0]), _jordan_refs(mats[1], e[1])]
+        pairs.append(_square_one_refs(mats[2], e[2], cplx))
+        return np.stack([p[0] for p in pairs]), np.stack([p[1] for p in pairs])
+
+    return names, np.stack(mats), refs
+
+
+@pytest.mark.parametrize("dtype", [mx.float32, mx.complex64], ids=str)
+@pytest.mark.parametrize("n", SIXTH_NS)
+def test_sixth_power_overscaling(device, rng, n, dtype):
+    names, a, refs = _sixth_batch(rng, n, dtype)
+    x = to_np(mle.matrix_exp(to_mx(a, dtype), stream=device))
+    xr, _ = refs(np.zeros_like(a))
+    for i, name in enumerate(names):
+        assert_relerr(x[i], xr[i], SIXTH_TOL, f"{name} at n={n}")
+
+
+@pytest.mark.parametrize("dtype", [mx.float32, mx.complex64], ids=str)
+@pytest.mark.parametrize("n", SIXTH_NS)
+def test_sixth_power_overscaling_frechet(device, rng, n, dtype):
+    """The derivative takes the final s: E scaled by it, and the derivatives
+    of B^2, B^3, B^6 formed from the slots scaled for it."""
+    names, a, refs = _sixth_batch(rng, n, dtype)
+    cplx = dtype == mx.complex64
+    e = rounded(
+        rng.standard_normal(a.shape)
+        + (1j * rng.standard_normal(a.shape) if cplx else 0),
+        dtype,
+    )
+    x, lx = mle.expm_frechet(to_mx(a, dtype), to_mx(e, dtype), stream=device)
+    xr, lr = refs(e)
+    x, lx = to_np(x), to_np(lx)
+    for i, name in enumerate(names):
+        assert_relerr(x[i], xr[i], SIXTH_TOL, f"X {name} at n={n}")
+        assert_relerr(lx[i], lr[i], SIXTH_TOL, f"L {name} at n={n}")

@@ -1,8 +1,8 @@
 // Metal backend of MatrixExp and ExpmFrechet: the host encodes the fixed
 // list of dispatches of metal/launch_plan.h. The kernels read each matrix's
 // degree and squaring count from device memory (written by the first
-// dispatch; the count refined after the second product) and skip what a
-// matrix does not need, so nothing is read back.
+// dispatch; the count refined after the second and third products) and
+// skip what a matrix does not need, so nothing is read back.
 #include <dlfcn.h>
 
 #include <algorithm>

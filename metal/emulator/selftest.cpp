@@ -112,7 +112,9 @@ int failures = 0;
 
 // Runs one batch through the plan of (type, n, batch, frechet) and checks
 // each matrix. scales[b] sets the 1-norm band of matrix b; a NaN scale plants
-// a NaN, whose matrix must come back all NaN without touching the others.
+// a NaN, whose matrix must come back all NaN without touching the others; a
+// negative one -b makes blocks [[0, b], [1/b, 0]] (B^2 = I), whose squarings
+// both overscaling rules lower, the second one after the first.
 void check(Type type, int n, bool frechet, const std::vector<double>& scales) {
   const bool cplx = type == Type::Complex64;
   const int64_t batch = int64_t(scales.size());
@@ -130,6 +132,12 @@ void check(Type type, int n, bool frechet, const std::vector<double>& scales) {
       cd v(normal(gen), cplx ? normal(gen) : 0.0);
       cd w(normal(gen), cplx ? normal(gen) : 0.0);
       v *= scale / std::sqrt(double(n) * (cplx ? 2 : 1));
+      if (scale < 0) {
+        const int r = int(i) / n, c = int(i) % n;
+        v = r % 2 == 0 && c == r + 1   ? cd(-scale)
+            : r % 2 == 1 && c == r - 1 ? cd(-1.0 / scale)
+                                       : cd(0);
+      }
       // The inputs the kernels see are float: the reference takes them too.
       v = cd(float(v.real()), float(v.imag()));
       w = cd(float(w.real()), float(w.imag()));
@@ -265,12 +273,15 @@ int main(int argc, char** argv) {
   }
   bool quick = argc > 1 && std::strcmp(argv[1], "quick") == 0;
   // 1-norm bands: degree 1..18 without squarings, then with 2 and 7
-  // squarings (e^60 still fits float32); a NaN matrix in the batch.
-  std::vector<double> mixed = {1e-8, 3e-4, 0.03, 0.4, 1.2, 2.5, 10, NAN, 60};
-  std::vector<double> few = {0.4, NAN, 40};
+  // squarings (e^60 still fits float32); a NaN matrix in the batch; blocks
+  // [[0, 1024], [1/1024, 0]] (first rule: s = 2, second: fewer).
+  std::vector<double> mixed = {
+      1e-8, 3e-4, 0.03, 0.4, 1.2, 2.5, 10, NAN, 60, -1024};
+  std::vector<double> few = {0.4, NAN, 40, -1024};
   // The tiny sizes' batches cycle through these: at n = 3 a scale of 60
   // reaches 1-norms past 100, where exp(A) overflows float32.
-  std::vector<double> cycle = {1e-8, 3e-4, 0.03, 0.4, 1.2, 2.5, 10, NAN, 25};
+  std::vector<double> cycle = {
+      1e-8, 3e-4, 0.03, 0.4, 1.2, 2.5, 10, NAN, 25, -1024};
   // Predicated sizes at the edges of the product tiles (64 for float32, in
   // fragments of 8; 32 for complex64): 33 and 65 one past a multiple of 32
   // and 64, 40 whole fragments in a partial tile, 100 a partial fragment in
