@@ -11,6 +11,8 @@ with n c >= 2048 the wgmma path. On the CPU these are ordinary sizes.
 References: SciPy in float64/complex128 on the exactly rounded inputs.
 """
 
+import math
+
 import mlx.core as mx
 import mlx_linalg_ext as mle
 import numpy as np
@@ -263,3 +265,105 @@ def test_overscaling_frechet(device, dtype, n, overscaled_bound):
     _, lr = frechet_ref(a, e)
     assert_relerr(to_np(xf), r, overscaled_bound(n), f"X n={n}")
     assert_relerr(to_np(lf), lr, overscaled_bound(n), f"L n={n}")
+
+
+# The second overscaling rule (expm::refine_squarings_sixth): matrices whose
+# B^6 is small although ||B^2||^(1/2) and ||B^3||^(1/3) are not, embedded in
+# every size a path covers. "jordan-1e4": -I + 1e4 N with N the
+# block-diagonal shift of 6 x 6 blocks (the last one n mod 6): B = 1e4 N
+# after the trace shift and B^6 = 0, so no squaring, where the first rule
+# squares 12 times. "rotation-1e6": blocks [[0, 1e6], [-1e-6, 0]] (B^2 = -I):
+# the first rule squares 6 times, the second not at all. complex64: entries
+# times e^(0.7i) (and the Jordan diagonal -1 + 0.5i). A float32 model of the
+# algorithm (products in float32, in float64 rounded once, or in 3xTF32),
+# n = 12..512, exp and L: with both rules at most 1.3e-7 / 3.9e-7 (jordan)
+# and 9.9e-8 / 2.6e-7 (rotation); with the first rule alone at least 5.9e-5
+# (jordan) and 2.3e-6 (rotation). The bounds lie between the two.
+# _path_factor does not apply: with s = 0 no squaring amplifies the coarser
+# rounding of those targets' products. SciPy is no reference here (its
+# float64 expm is off by 6e-7 on jordan-1e4): the closed forms are.
+_SIXTH_BOUND = {"jordan-1e4": 2e-6, "rotation-1e6": 8e-7}
+
+
+def _sixth_power_case(kind, n, dtype):
+    """(A, exp(A), L(A, .)) for a case of _SIXTH_BOUND: A rounded to dtype,
+    exp(A) and the Frechet derivative in closed form from A's rounded
+    entries. n is even for "rotation"."""
+    cplx = dtype == mx.complex64
+    phase = np.exp(0.7j) if cplx else 1.0
+    name, size = kind.split("-")
+    size = float(size)
+    if name == "jordan":
+        lam = -1.0 + 0.5j if cplx else -1.0
+        shift = np.zeros((n, n))
+        for i in range(n - 1):
+            shift[i, i + 1] = 1.0 if (i + 1) % 6 else 0.0
+        a = rounded(lam * np.eye(n) + size * phase * shift, dtype)
+        w = a[0, 1]  # the rounded c e^(0.7i)
+        # exp(lam I + w N) = e^lam sum_p (w N)^p / p!, and L(A, E) = e^lam
+        # sum_{p,q} w^(p+q) N^p E N^q / (p + q + 1)! (Higham 2008, (10.15)):
+        # N^6 = 0.
+        powers = [np.linalg.matrix_power(shift, p) for p in range(6)]
+        x = np.exp(lam) * sum(w**p / math.factorial(p) * powers[p] for p in range(6))
+
+        def frechet(e):
+            return np.exp(lam) * sum(
+                w ** (p + q) / math.factorial(p + q + 1) * powers[p] @ e @ powers[q]
+                for p in range(6)
+                for q in range(6)
+            )
+
+        return a, x, frechet
+    assert name == "rotation" and n % 2 == 0
+    a = np.zeros((n, n), dtype=complex)
+    for i in range(0, n, 2):
+        a[i, i + 1] = phase * size
+        a[i + 1, i] = -phase / size
+    a = rounded(a if cplx else a.real, dtype)
+    # A^2 = lam I (the blocks are equal), so exp(A) = cosh(r) I + sinh(r) / r A
+    # and L(A, E) = al E + be (A E + E A) + ga A E A with r^2 = lam and the
+    # integrals over t in [0, 1] of C(t) C(1 - t), C(t) S(1 - t), S(t) S(1 - t)
+    # (C = cosh(t r), S = sinh(t r) / r).
+    r = np.sqrt(complex(a[0, 1] * a[1, 0]))
+    ch, sh = np.cosh(r), np.sinh(r) / r
+    al, be, ga = (ch + sh) / 2, sh / 2, (ch - sh) / (2 * r**2)
+    x = ch * np.eye(n) + sh * a
+
+    def frechet(e):
+        return al * e + be * (a @ e + e @ a) + ga * (a @ e @ a)
+
+    if not cplx:
+        x, al, be, ga = x.real, al.real, be.real, ga.real
+    return a, x, frechet
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("n", [12, 40, 100, 130, 512])
+@pytest.mark.parametrize("kind", sorted(_SIXTH_BOUND))
+def test_overscaling_sixth_power(device, dtype, n, kind, tol):
+    """_sixth_power_case(kind, n) alone (n = 100: the cluster kernel for
+    float32; 512: the wgmma path where it applies) and expm_frechet of it in
+    direction E (Gaussian, 1-norm 1) against the closed forms; up to n = 130
+    also in a batch between a dissipative matrix of norm 40 and a Gaussian
+    one of norm 0.4 (the rule is per matrix)."""
+    a, x_ref, frechet = _sixth_power_case(kind, n, dtype)
+    bound = _SIXTH_BOUND[kind]
+    x = to_np(mle.matrix_exp(to_mx(a, dtype), stream=device))
+    assert_relerr(x, x_ref, bound, f"{kind} n={n}")
+    gen = np.random.default_rng(n + 3)
+    cplx = dtype == mx.complex64
+    e = rounded(matrix_with_norm(gen, n, 1.0, complex_=cplx), dtype)
+    xf, lf = mle.expm_frechet(to_mx(a, dtype), to_mx(e, dtype), stream=device)
+    assert_relerr(to_np(xf), x_ref, bound, f"X {kind} n={n}")
+    assert_relerr(to_np(lf), frechet(e), bound, f"L {kind} n={n}")
+    if n > 130:
+        return
+    others = [
+        rounded(matrix_with_norm(gen, n, 40.0, "dissipative", complex_=cplx), dtype),
+        rounded(matrix_with_norm(gen, n, 0.4, "gauss", complex_=cplx), dtype),
+    ]
+    batch = np.stack([others[0], a, others[1]])
+    xb = to_np(mle.matrix_exp(to_mx(batch, dtype), stream=device))
+    assert_relerr(xb[1], x_ref, bound, f"{kind} n={n} in a batch")
+    for i in (0, 2):
+        assert_relerr(xb[i], expm_ref(batch[i]), tol(dtype, batch[i]), f"neighbour {i}")

@@ -557,28 +557,25 @@ __device__ inline bool small_form_operands(
   return true;
 }
 
-// Overscaling (expm::refine_squarings): the last degree's B, B^2, B^3 (slots
-// 1..3, formed unscaled; and their derivatives) times 2^-s, 4^-s, 8^-s,
-// which is exact: the products are those of B 2^-s. The block holds rows
-// row0 .. row0 + kHeld - 1 (see SmallCombo). No barrier.
+// Overscaling: the last degree's slots 1 + k, k < count (B, B^2, B^3, B^6;
+// and their derivatives) times 2^(p_k e) for the powers p = 1, 2, 3, 6,
+// which is exact. expm::refine_squarings: count 3, e = -s (slots formed
+// unscaled); expm::refine_squarings_sixth: count 4, e = s - s' (the
+// products are then those of B 2^-s'). The block holds rows row0 .. row0 +
+// kHeld - 1 (see SmallCombo). No barrier.
 template <typename T, int N, bool kFrechet, int kHeld = N>
 __device__ inline void
-small_scale_powers(const SmallPlan& plan, int s, T* buf, T* dbuf) {
+small_scale_powers(const SmallPlan& plan, int e, int count, T* buf, T* dbuf) {
   constexpr int kMat = kHeld * SmallShape<T, N>::kLd;
   const signed char* slot = plan.slot[expm::kLastDegree];
-  float f[3];
-  int off[3];
-#pragma unroll
-  for (int k = 0; k < 3; ++k) {
-    f[k] = float(ldexp(1.0, -(k + 1) * s));
-    off[k] = slot[1 + k] * kMat;
-  }
-  for (int idx = threadIdx.x; idx < kMat; idx += SmallShape<T, N>::kThreads) {
-#pragma unroll
-    for (int k = 0; k < 3; ++k) {
-      buf[off[k] + idx] = buf[off[k] + idx] * f[k];
+  // One slot at a time: few registers live, next to the products'.
+  for (int k = 0; k < count; ++k) {
+    const Pow2 f = pow2_factors(power_of_slot(k) * e);
+    const int off = slot[1 + k] * kMat;
+    for (int idx = threadIdx.x; idx < kMat; idx += SmallShape<T, N>::kThreads) {
+      buf[off + idx] = times(f, buf[off + idx]);
       if constexpr (kFrechet) {
-        dbuf[off[k] + idx] = dbuf[off[k] + idx] * f[k];
+        dbuf[off + idx] = times(f, dbuf[off + idx]);
       }
     }
   }

@@ -74,6 +74,7 @@ __global__ void __launch_bounds__(
   T* dbuf = buf + kSmallBuffers * kMat;
   Params& shared_params = *reinterpret_cast<Params*>(buf + kMat);
   __shared__ int refined_squarings;
+  __shared__ double power_norms[2]; // ||B^2||, ||B^3|| at the refined s
 
   // A (and E) into the top-left corner of zero N x N matrices; the loop
   // unrolls so that a thread's loads are in flight together (8 at a time
@@ -140,7 +141,7 @@ __global__ void __launch_bounds__(
   __syncthreads();
   const Params params = shared_params;
   const int d = params.degree;
-  int s = params.squarings; // refined after B^2, B^3 where refines()
+  int s = params.squarings; // refined after B^2, B^3, B^6 where refines()
   const bool shift = params.shift;
   const T mu = get_mu<T>(params.mu_re, params.mu_im);
   if (d < 0) {
@@ -154,7 +155,8 @@ __global__ void __launch_bounds__(
   }
   // B = A - mu I (the shift only on the n x n diagonal), unscaled: only
   // the last degree has squarings, and it scales B, B^2, B^3 (and E) once
-  // s is refined after its first two products.
+  // s is refined after its first two products, and B .. B^6 again after the
+  // third.
   const bool refine = refines(params);
   if (shift) {
     for (int idx = threadIdx.x; idx < kMat; idx += kThreads) {
@@ -191,21 +193,37 @@ __global__ void __launch_bounds__(
       dp.store(dbuf + slot[2 + k] * kMat);
     }
     __syncthreads();
-    if (refine && k == 1) {
-      // s from ||B^2||, ||B^3|| (the derivative's slots scale alike:
-      // dP2 4^-s and dP3 8^-s are the products of E 2^-s and B 2^-s).
+    if (refine && (k == 1 || (k == 2 && s > 0))) {
+      // Overscaling. After B^2, B^3 (of the unscaled B): s from their
+      // 1-norms, then B, B^2, B^3 scaled by 2^-s, 4^-s, 8^-s (the
+      // derivative's slots alike: dP2 4^-s and dP3 8^-s are the products of
+      // E 2^-s and B 2^-s). After B^6 (of the scaled B^3): s' <= s, and B ..
+      // B^6 and their derivatives scaled up by 2^(s - s'), ...
       if (threadIdx.x < 32) {
-        const double norm2 = small_norm1<T, N>(buf + slot[2] * kMat, n);
-        const double norm3 = small_norm1<T, N>(buf + slot[3] * kMat, n);
+        const double norm =
+            small_norm1<T, N>(buf + slot[k == 1 ? 2 : 4] * kMat, n);
+        const double norm3 =
+            k == 1 ? small_norm1<T, N>(buf + slot[3] * kMat, n) : 0.0;
         if (threadIdx.x == 0) {
-          refined_squarings =
-              expm::refine_squarings(norm2, norm3, s, expm::kSingle);
+          if (k == 1) {
+            const int r = expm::refine_squarings(norm, norm3, s, expm::kSingle);
+            refined_squarings = r;
+            power_norms[0] = ldexp(norm, -2 * r);
+            power_norms[1] = ldexp(norm3, -3 * r);
+          } else {
+            refined_squarings = expm::refine_squarings_sixth(
+                power_norms[0], power_norms[1], norm, s, expm::kSingle);
+          }
         }
       }
       __syncthreads();
-      s = refined_squarings;
-      small_scale_powers<T, N, kFrechet>(plan, s, buf, dbuf);
-      __syncthreads();
+      const int r = refined_squarings;
+      if (k == 1 || r < s) {
+        small_scale_powers<T, N, kFrechet>(
+            plan, k == 1 ? -r : s - r, k == 1 ? 3 : 4, buf, dbuf);
+        __syncthreads();
+      }
+      s = r;
     }
   }
 

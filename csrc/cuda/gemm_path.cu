@@ -3,7 +3,8 @@
 // degree, s) per matrix to the workspace; every combine and GEMM launch of
 // the product program reads them and exits for matrices that do not need
 // its step (5 predicated products, a fixed number of launches; after the
-// second, s is refined from ||B^2||, ||B^3|| in the parameters); all
+// second, s is refined from ||B^2||, ||B^3|| in the parameters, after the
+// third from ||B^6||); all
 // squarings run in one persistent kernel that loops on the device up to
 // the largest s of the batch, with a grid-wide barrier between squarings.
 // So the launch count does not depend on s and nothing is read back.
@@ -44,7 +45,7 @@ __device__ T block_mean_diagonal(const T* m, int n, int tid, double2* red) {
 }
 
 // Column sums of |A| and |A - mu I| in double: block (32 columns x 8 row
-// groups); colsum holds both (batch x 2n).
+// groups); into sets 0 and 1 of colsum (batch x kColsumSets n).
 template <typename T>
 __global__ void
 colsum_kernel(int b0, const T* __restrict__ a, double* colsum, int n) {
@@ -70,48 +71,61 @@ colsum_kernel(int b0, const T* __restrict__ a, double* colsum, int n) {
       sum += part[0][r][threadIdx.x];
       shifted += part[1][r][threadIdx.x];
     }
-    colsum[size_t(b) * 2 * n + j] = sum;
-    colsum[size_t(b) * 2 * n + n + j] = shifted;
+    colsum[size_t(b) * kColsumSets * n + j] = sum;
+    colsum[size_t(b) * kColsumSets * n + n + j] = shifted;
   }
+}
+
+// The largest of each set cs[k n, (k + 1) n), k < kSets, of column sums
+// (NaN wins), reduced over the block: valid in thread 0. blockDim.x is a
+// power of two up to 256.
+template <int kSets>
+struct ColumnMaxima {
+  double of[kSets];
+};
+template <int kSets>
+__device__ ColumnMaxima<kSets> block_column_maxima(const double* cs, int n) {
+  __shared__ double part[kSets][256];
+  ColumnMaxima<kSets> m;
+#pragma unroll
+  for (int k = 0; k < kSets; ++k) {
+    m.of[k] = 0.0;
+    for (int j = threadIdx.x; j < n; j += blockDim.x) {
+      m.of[k] = nan_max(m.of[k], cs[k * n + j]);
+    }
+    part[k][threadIdx.x] = m.of[k];
+  }
+  __syncthreads();
+  for (int h = blockDim.x / 2; h > 0; h /= 2) {
+    if (threadIdx.x < h) {
+#pragma unroll
+      for (int k = 0; k < kSets; ++k) {
+        part[k][threadIdx.x] =
+            nan_max(part[k][threadIdx.x], part[k][threadIdx.x + h]);
+      }
+    }
+    __syncthreads();
+  }
+#pragma unroll
+  for (int k = 0; k < kSets; ++k) {
+    m.of[k] = part[k][0];
+  }
+  return m;
 }
 
 // Norms -> Params per matrix (256 threads); block 0 also clears the grid
 // barrier.
-// The largest of cs[0, n) and of cs[n, 2n) (two sets of column sums; NaN
-// wins), reduced over the block: valid in thread 0. blockDim.x is a power of
-// two up to 256.
-__device__ double2 block_column_maxima(const double* cs, int n) {
-  __shared__ double part[2][256];
-  double first = 0.0, second = 0.0;
-  for (int j = threadIdx.x; j < n; j += blockDim.x) {
-    first = nan_max(first, cs[j]);
-    second = nan_max(second, cs[n + j]);
-  }
-  part[0][threadIdx.x] = first;
-  part[1][threadIdx.x] = second;
-  __syncthreads();
-  for (int h = blockDim.x / 2; h > 0; h /= 2) {
-    if (threadIdx.x < h) {
-      part[0][threadIdx.x] =
-          nan_max(part[0][threadIdx.x], part[0][threadIdx.x + h]);
-      part[1][threadIdx.x] =
-          nan_max(part[1][threadIdx.x], part[1][threadIdx.x + h]);
-    }
-    __syncthreads();
-  }
-  return make_double2(part[0][0], part[1][0]);
-}
-
 template <typename T>
 __global__ void decide_kernel(const T* a, const double* colsum, Work w) {
   __shared__ double2 red[256];
   int b = blockIdx.x;
   T mu = block_mean_diagonal(a + size_t(b) * w.n * w.n, w.n, threadIdx.x, red);
-  const double2 norms = block_column_maxima(colsum + size_t(b) * 2 * w.n, w.n);
+  const ColumnMaxima<2> norms =
+      block_column_maxima<2>(colsum + size_t(b) * kColsumSets * w.n, w.n);
   if (threadIdx.x == 0) {
     Params p = {};
     put_mu(mu, p.mu_re, p.mu_im);
-    w.params[b] = decide_params(norms.x, norms.y, p);
+    w.params[b] = decide_params(norms.of[0], norms.of[1], p);
     if (b == 0) {
       w.barrier[0] = 0;
       w.barrier[1] = 0;
@@ -122,7 +136,7 @@ __global__ void decide_kernel(const T* a, const double* colsum, Work w) {
 // Slot 1 (and its derivative) = A - mu I (and E), unscaled: only the last
 // degree has squarings, and scale_powers_kernel scales B, B^2, B^3 (and
 // their derivatives) once refine_kernel has refined s after its first two
-// products.
+// products, and B .. B^6 again after the third.
 template <typename T>
 __global__ void shift_kernel(int b0, const T* a, const T* e, Work w) {
   size_t nn = size_t(w.n) * w.n;
@@ -147,12 +161,13 @@ __global__ void shift_kernel(int b0, const T* a, const T* e, Work w) {
   }
 }
 
-// Overscaling (expm::refine_squarings), after products 0 and 1 (B^2, B^3 of
-// the unscaled B in slots 2, 3): column sums of |B^2| and |B^3| in double
-// (block: 32 columns x 8 row groups) into colsum (batch x 2n; the norms of A
-// are consumed by then).
+// Overscaling, column sums in double (block: 32 columns x 8 row groups) of
+// |B^2|, |B^3| after products 0 and 1 (of the unscaled B; sixth false), or
+// of |B^6| after product 2 (of the scaled B^3; sixth true). Set k of colsum
+// (batch x kColsumSets n) holds those of slot 2 + k: sets 0 and 1 (the
+// norms of A) are consumed by then, and B^2, B^3 stay for the second rule.
 template <typename T>
-__global__ void power_colsum_kernel(int b0, double* colsum, Work w) {
+__global__ void power_colsum_kernel(int b0, double* colsum, Work w, int sixth) {
   __shared__ double part[2][8][33];
   const int n = w.n;
   const int b = b0 + blockIdx.y;
@@ -160,62 +175,91 @@ __global__ void power_colsum_kernel(int b0, double* colsum, Work w) {
     return;
   }
   const int j = blockIdx.x * 32 + threadIdx.x;
-  const T* p2 = wbuf<T>(w, b, 1);
-  const T* p3 = wbuf<T>(w, b, 2);
-  double sum2 = 0.0, sum3 = 0.0;
+  const int first = sixth ? 2 : 0; // the first set (slot 2 + first)
+  const int count = sixth ? 1 : 2;
+  const T* p0 = wbuf<T>(w, b, 1 + first);
+  const T* p1 = wbuf<T>(w, b, 2);
+  double sum0 = 0.0, sum1 = 0.0;
   if (j < n) {
     for (int i = threadIdx.y; i < n; i += 8) {
-      sum2 += double(abs_of(p2[size_t(i) * n + j]));
-      sum3 += double(abs_of(p3[size_t(i) * n + j]));
+      sum0 += double(abs_of(p0[size_t(i) * n + j]));
+      if (!sixth) {
+        sum1 += double(abs_of(p1[size_t(i) * n + j]));
+      }
     }
   }
-  part[0][threadIdx.y][threadIdx.x] = sum2;
-  part[1][threadIdx.y][threadIdx.x] = sum3;
+  part[0][threadIdx.y][threadIdx.x] = sum0;
+  part[1][threadIdx.y][threadIdx.x] = sum1;
   __syncthreads();
   if (threadIdx.y == 0 && j < n) {
     for (int r = 1; r < 8; ++r) {
-      sum2 += part[0][r][threadIdx.x];
-      sum3 += part[1][r][threadIdx.x];
+      sum0 += part[0][r][threadIdx.x];
+      sum1 += part[1][r][threadIdx.x];
     }
-    colsum[size_t(b) * 2 * n + j] = sum2;
-    colsum[size_t(b) * 2 * n + n + j] = sum3;
+    double* cs = colsum + size_t(b) * kColsumSets * n + first * n;
+    cs[j] = sum0;
+    if (count == 2) {
+      cs[n + j] = sum1;
+    }
   }
 }
 
-// The refined s per matrix from power_colsum_kernel's sums (256 threads);
-// every later launch (approximant, squarings) reads it.
+// The refined s per matrix from power_colsum_kernel's sums (256 threads):
+// expm::refine_squarings from ||B^2||, ||B^3||, or (sixth)
+// expm::refine_squarings_sixth from those at that s and ||B^6||, which
+// also records the squarings it took away (Params::lowered) for
+// scale_powers_kernel. Every later launch (approximant, squarings) reads s.
+template <bool kSixth>
 __global__ void refine_kernel(const double* colsum, Work w) {
   const int b = blockIdx.x;
   if (!refines(w.params[b])) {
     return;
   }
-  const double2 norms = block_column_maxima(colsum + size_t(b) * 2 * w.n, w.n);
+  const auto norms = block_column_maxima<kSixth ? 3 : 2>(
+      colsum + size_t(b) * kColsumSets * w.n, w.n);
   if (threadIdx.x == 0) {
-    w.params[b].squarings = expm::refine_squarings(
-        norms.x, norms.y, w.params[b].squarings, expm::kSingle);
+    Params& p = w.params[b];
+    if constexpr (kSixth) {
+      const int s = p.squarings;
+      const int r = expm::refine_squarings_sixth(
+          ldexp(norms.of[0], -2 * s),
+          ldexp(norms.of[1], -3 * s),
+          norms.of[2],
+          s,
+          expm::kSingle);
+      p.lowered = s - r;
+      p.squarings = r;
+    } else {
+      p.squarings = expm::refine_squarings(
+          norms.of[0], norms.of[1], p.squarings, expm::kSingle);
+    }
   }
 }
 
 // Slots 1..3 (B, B^2, B^3, and their derivatives E, dP2, dP3) times 2^-s,
 // 4^-s, 8^-s with the refined s: exactly the program on B 2^-s and E 2^-s.
+// sixth: slots 1..4 (.., B^6, dP6) times 2^d, 4^d, 8^d, 64^d with d the
+// squarings refine_squarings_sixth took away.
 template <typename T>
-__global__ void scale_powers_kernel(int b0, Work w) {
+__global__ void scale_powers_kernel(int b0, Work w, int sixth) {
   size_t nn = size_t(w.n) * w.n;
   int b = b0 + blockIdx.y;
   Params p = w.params[b];
-  if (p.degree != expm::kLastDegree || p.squarings == 0) {
+  const int e = sixth ? p.lowered : -p.squarings;
+  if (p.degree != expm::kLastDegree || e == 0) {
     return;
   }
-  float f[3];
-  for (int k = 0; k < 3; ++k) {
-    f[k] = float(ldexp(1.0, -(k + 1) * p.squarings));
+  const int count = sixth ? 4 : 3;
+  Pow2 f[4];
+  for (int k = 0; k < count; ++k) {
+    f[k] = pow2_factors(power_of_slot(k) * e);
   }
   for (int dual = 0; dual < (w.frechet ? 2 : 1); ++dual) {
-    for (int k = 0; k < 3; ++k) {
+    for (int k = 0; k < count; ++k) {
       T* m = wbuf<T>(w, b, dual * kBuffers + k);
       for (size_t i = blockIdx.x * size_t(blockDim.x) + threadIdx.x; i < nn;
            i += size_t(gridDim.x) * blockDim.x) {
-        m[i] = m[i] * f[k];
+        m[i] = times(f[k], m[i]);
       }
     }
   }
@@ -680,7 +724,7 @@ GemmRun gemm_begin(
   size_t buf_bytes = nn * sizeof(T) * kBuffers * (frechet ? 2 : 1) * batch;
   size_t params_off = buf_bytes;
   size_t colsum_off = params_off + (sizeof(Params) * batch + 255) / 256 * 256;
-  size_t barrier_off = colsum_off + sizeof(double) * 2 * n * batch;
+  size_t barrier_off = colsum_off + sizeof(double) * kColsumSets * n * batch;
   size_t extra_off = (barrier_off + 256 + 255) / 256 * 256;
   char* base = launcher.workspace(extra_off + extra_bytes);
   Work w;
@@ -711,18 +755,32 @@ GemmRun gemm_begin(
 }
 
 template <typename T>
-void launch_refinement(Launcher& launcher, const GemmRun& run) {
+void launch_refinement(Launcher& launcher, const GemmRun& run, bool sixth) {
   const Work& w = run.work;
   CUfunction colsum_f = cu_function(power_colsum_kernel<T>);
   for_chunks(w.batch, [&](int b0, int nb) {
     launcher.add(
-        colsum_f, dim3((w.n + 31) / 32, nb), dim3(32, 8), 0, b0, run.colsum, w);
+        colsum_f,
+        dim3((w.n + 31) / 32, nb),
+        dim3(32, 8),
+        0,
+        b0,
+        run.colsum,
+        w,
+        int(sixth));
   });
   launcher.add(
-      cu_function(refine_kernel), dim3(w.batch), dim3(256), 0, run.colsum, w);
+      sixth ? cu_function(refine_kernel<true>)
+            : cu_function(refine_kernel<false>),
+      dim3(w.batch),
+      dim3(256),
+      0,
+      run.colsum,
+      w);
   CUfunction scale_f = cu_function(scale_powers_kernel<T>);
   for_chunks(w.batch, [&](int b0, int nb) {
-    launcher.add(scale_f, dim3(run.ew_blocks, nb), dim3(256), 0, b0, w);
+    launcher.add(
+        scale_f, dim3(run.ew_blocks, nb), dim3(256), 0, b0, w, int(sixth));
   });
 }
 
@@ -756,8 +814,8 @@ void launch_products(
             k,
             w);
       });
-      if (k == 1) {
-        launch_refinement<T>(launcher, run);
+      if (k == 1 || k == 2) {
+        launch_refinement<T>(launcher, run, /* sixth= */ k == 2);
       }
     }
   });
@@ -806,7 +864,7 @@ void launch_squarings(
 #define MLX_LINALG_EXT_GEMM_PATH(T)                                       \
   template GemmRun gemm_begin<T>(                                         \
       Launcher&, const T*, const T*, int, int, bool, size_t);             \
-  template void launch_refinement<T>(Launcher&, const GemmRun&);          \
+  template void launch_refinement<T>(Launcher&, const GemmRun&, bool);    \
   template void launch_products<T>(                                       \
       Launcher&, const GemmRun&, GemmTiles, T*, T*);                      \
   template void launch_approximant<T>(Launcher&, const GemmRun&, T*, T*); \

@@ -12,6 +12,10 @@ namespace mlx_linalg_ext::cuda {
 // The approximant and the squarings reuse L / R (dL / dR).
 constexpr int kBuffers = 8;
 
+// Sets of n column sums per matrix in GemmRun::colsum: |A| and |A - mu I|,
+// then |B^2|, |B^3| and |B^6| (overscaling).
+constexpr int kColsumSets = 3;
+
 struct Work {
   void* buf; // batch x (8 or 16) x n x n elements
   Params* params; // batch
@@ -33,7 +37,7 @@ struct GemmRun {
   Work work;
   char* base; // the workspace (the buffers first)
   char* extra; // the extra_bytes asked of gemm_begin
-  double* colsum; // batch x 2n column sums (norms of A, then of B^2, B^3)
+  double* colsum; // batch x kColsumSets n column sums
   int ew_blocks; // blocks per matrix of the elementwise launches
   int sms; // multiprocessors of the device
 };
@@ -58,13 +62,16 @@ GemmRun gemm_begin(
 
 // After the first two products (B^2, B^3 of the unscaled B): s refined from
 // their 1-norms (expm::refine_squarings) in the per-matrix parameters, then
-// B, B^2, B^3 and their derivatives scaled by 2^-s, 4^-s, 8^-s. Predicated
-// on the device; every matrix with squarings takes it.
+// B, B^2, B^3 and their derivatives scaled by 2^-s, 4^-s, 8^-s. With
+// `sixth`, after the third (B^6 of the scaled B^3): s' <= s from ||B^6||
+// (expm::refine_squarings_sixth), then B, B^2, B^3, B^6 and their
+// derivatives scaled by 2^d, 4^d, 8^d, 64^d, d = s - s'. Predicated on the
+// device; every matrix with squarings left takes it.
 template <typename T>
-void launch_refinement(Launcher& launcher, const GemmRun& run);
+void launch_refinement(Launcher& launcher, const GemmRun& run, bool sixth);
 
 // The products of the program, each predicated on the matrix's degree, with
-// launch_refinement after the second.
+// launch_refinement after the second and the third.
 template <typename T>
 void launch_products(
     Launcher& launcher,

@@ -162,7 +162,7 @@ struct Params {
   int degree;
   int squarings;
   int shift;
-  int pad;
+  int lowered; // squarings refine_squarings_sixth took away (GEMM path)
   float mu_re, mu_im; // 0 unless shift
 };
 
@@ -189,8 +189,30 @@ __device__ inline bool product_runs(const Params& p, int k) {
 
 // Whether the matrix's squarings are refined from ||B^2||, ||B^3|| after its
 // first two products (expm::refine_squarings): B is left unscaled until then.
+// Also true after that refinement where s is still positive: then
+// expm::refine_squarings_sixth follows the third product (B^6).
 __device__ inline bool refines(const Params& p) {
   return expm::refines_squarings({p.degree, p.squarings, p.shift != 0});
+}
+
+// 2^e as two float factors, so that v 2^e is exact (where it is a normal
+// float) although 2^e itself may lie outside float's range: B^6 is scaled up
+// by 64^d, d <= 23. The first factor is 1 where 2^e is a normal float.
+struct Pow2 {
+  float first, second;
+};
+__device__ inline Pow2 pow2_factors(int e) {
+  const int h = e > 126 || e < -126 ? e / 2 : 0;
+  return {float(ldexp(1.0, h)), float(ldexp(1.0, e - h))};
+}
+template <typename T>
+__device__ inline T times(Pow2 f, T v) {
+  return v * f.first * f.second;
+}
+
+// The power of B in slot 1 + k (k < 4) of the last degree: B, B^2, B^3, B^6.
+__host__ __device__ constexpr int power_of_slot(int k) {
+  return k == 3 ? 6 : k + 1;
 }
 
 // max that keeps a NaN (std::max would drop it).

@@ -2,11 +2,11 @@
 // Every path computes, per matrix and on the device, the 1-norms of A and
 // A - mu I, takes expm::decide's shift, degree and s, runs the product
 // program of that degree on (A - mu I) 2^-s (s refined from ||B^2||, ||B^3||
-// after the first two degree-18 products, expm::refine_squarings), multiplies
-// the approximant by e^(mu 2^-s) and squares s times; the Frechet derivative
-// runs alongside as
-// the dual evaluation (dP = dL R + L dR, d(X^2) = X dX + dX X). Nothing is
-// read back to the host.
+// after the first two degree-18 products, expm::refine_squarings, then from
+// ||B^6|| after the third, expm::refine_squarings_sixth), multiplies the
+// approximant by e^(mu 2^-s) and squares s times; the Frechet derivative runs
+// alongside as the dual evaluation (dP = dL R + L dR, d(X^2) = X dX + dX X).
+// Nothing is read back to the host.
 //
 // - tiny_kernel.cu: n <= 8, many matrices a block (one thread, or one row
 //   a thread, per matrix);

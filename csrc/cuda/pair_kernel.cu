@@ -95,45 +95,54 @@ pair_product(Mma& p, const float* l, const float* r, float* stage, int rank) {
   p.product_halves(l, rank == 0 ? r : stage, rank == 0 ? stage : r);
 }
 
-// The refined s (expm::refine_squarings) from the 1-norms of B^2 and B^3
-// (half buffers p2, p3), the same in both blocks: each sums its rows of
-// each column in double (thread: a column and 16 rows of one matrix), the
-// halves are added (rank 0) + (rank 1) in both. Uses the staging buffer and
-// shared_s; ends with a cluster barrier (the partner is done with this
-// block's memory). Not inlined: the kernel is at its 128 registers, and
-// inlined this made it spill.
+// Overscaling, the same in both blocks: p6 null, the refined s
+// (expm::refine_squarings) from the 1-norms of B^2 and B^3 (half buffers
+// p2, p3), whose values at that s go to power_norms; else s' of
+// expm::refine_squarings_sixth from those and the 1-norm of B^6 (p6). Each
+// block sums its rows of each column in double (thread: a column and 16
+// rows of one matrix), the halves are added (rank 0) + (rank 1) in both.
+// Uses the staging buffer and shared_s; ends with a cluster barrier (the
+// partner is done with this block's memory). Not inlined: the kernel is at
+// its 128 registers, and inlined this made it spill.
 __device__ __noinline__ int pair_refine(
     const float* p2,
     const float* p3,
+    const float* p6,
     int s,
     int n,
     float* stage,
     double (&warp_max)[2][kPairN / 32],
+    double (&power_norms)[2],
     int& shared_s,
     int rank) {
   constexpr int kQuarter = kPairRows / 4;
   const int tid = threadIdx.x;
+  const bool sixth = p6 != nullptr;
+  const int count = sixth ? 1 : 2; // matrices whose norms are taken
+  const float* m0 = sixth ? p6 : p2;
   double* part = reinterpret_cast<double*>(stage); // [2][4][N] column sums
   double* mine = part + 8 * kPairN; // [2][N]
   {
     const int c = tid % kPairN, q = tid / kPairN;
-    double sum2 = 0.0, sum3 = 0.0;
+    double sum0 = 0.0, sum1 = 0.0;
 #pragma unroll
     for (int i = 0; i < kQuarter; ++i) {
       const int at = small_at<float, kPairN>(q * kQuarter + i, c);
-      sum2 += double(fabsf(p2[at]));
-      sum3 += double(fabsf(p3[at]));
+      sum0 += double(fabsf(m0[at]));
+      if (!sixth) {
+        sum1 += double(fabsf(p3[at]));
+      }
     }
-    part[q * kPairN + c] = sum2;
-    part[(4 + q) * kPairN + c] = sum3;
+    part[q * kPairN + c] = sum0;
+    part[(4 + q) * kPairN + c] = sum1;
   }
   __syncthreads();
-  if (tid < 2 * kPairN) {
+  if (tid < count * kPairN) {
     const double* pm = part + (tid / kPairN) * 4 * kPairN + tid % kPairN;
     mine[tid] = ((pm[0] + pm[kPairN]) + pm[2 * kPairN]) + pm[3 * kPairN];
   }
   cluster_sync();
-  if (tid < 2 * kPairN) {
+  if (tid < count * kPairN) {
     const double* theirs = cluster_peer(mine, rank ^ 1);
     const double total =
         rank == 0 ? mine[tid] + theirs[tid] : theirs[tid] + mine[tid];
@@ -148,14 +157,22 @@ __device__ __noinline__ int pair_refine(
   }
   __syncthreads();
   if (tid == 0) {
-    double norm[2];
+    double norm[2] = {0.0, 0.0}; // in registers: indices known at compile time
+#pragma unroll
     for (int k = 0; k < 2; ++k) {
-      norm[k] = warp_max[k][0];
-      for (int w = 1; w < kPairN / 32; ++w) {
-        norm[k] = nan_max(norm[k], warp_max[k][w]);
+      for (int w = 0; w < kPairN / 32 && k < count; ++w) {
+        norm[k] = w == 0 ? warp_max[k][0] : nan_max(norm[k], warp_max[k][w]);
       }
     }
-    shared_s = expm::refine_squarings(norm[0], norm[1], s, expm::kSingle);
+    if (sixth) {
+      shared_s = expm::refine_squarings_sixth(
+          power_norms[0], power_norms[1], norm[0], s, expm::kSingle);
+    } else {
+      const int r = expm::refine_squarings(norm[0], norm[1], s, expm::kSingle);
+      shared_s = r;
+      power_norms[0] = ldexp(norm[0], -2 * r);
+      power_norms[1] = ldexp(norm[1], -3 * r);
+    }
   }
   cluster_sync(); // the partner is done with this block's memory
   return shared_s;
@@ -174,6 +191,7 @@ __global__ void __launch_bounds__(kPairThreads, 1) expm_pair_kernel(
   extern __shared__ __align__(16) unsigned char smem_raw[];
   __shared__ Params shared_params;
   __shared__ double warp_max[2][kPairN / 32];
+  __shared__ double power_norms[2]; // ||B^2||, ||B^3|| at the refined s
   float* buf = reinterpret_cast<float*>(smem_raw);
   float* stage = buf + kSmallBuffers * kMat;
   const int rank = blockIdx.x & 1; // the rank in the cluster (2, 1, 1)
@@ -257,7 +275,7 @@ __global__ void __launch_bounds__(kPairThreads, 1) expm_pair_kernel(
   cluster_sync(); // the partner is done with this block's memory
   const Params params = shared_params;
   const int d = params.degree;
-  int s = params.squarings; // refined after B^2, B^3 where refines()
+  int s = params.squarings; // refined after B^2, B^3, B^6 where refines()
   const bool shift = params.shift;
   const float mu = params.mu_re;
   if (d < 0) {
@@ -271,7 +289,8 @@ __global__ void __launch_bounds__(kPairThreads, 1) expm_pair_kernel(
   }
   // B = A - mu I (the shift only on the n x n diagonal), unscaled: only
   // the last degree has squarings, and it scales B, B^2, B^3 once s is
-  // refined after its first two products.
+  // refined after its first two products, and B .. B^6 again after the
+  // third.
   const bool refine = refines(params);
   if (shift) {
     for (int idx = tid; idx < kMat; idx += kThreads) {
@@ -302,19 +321,26 @@ __global__ void __launch_bounds__(kPairThreads, 1) expm_pair_kernel(
     }
     p.store(buf + slot[2 + k] * kMat);
     __syncthreads();
-    if (refine && k == 1) {
-      s = pair_refine(
+    if (refine && (k == 1 || (k == 2 && s > 0))) {
+      const int r = pair_refine(
           buf + slot[2] * kMat,
           buf + slot[3] * kMat,
+          k == 2 ? buf + slot[4] * kMat : nullptr,
           s,
           n,
           stage,
           warp_max,
+          power_norms,
           shared_params.squarings,
           rank);
-      small_scale_powers<float, kPairN, false, kPairRows>(
-          plan, s, buf, nullptr);
-      __syncthreads();
+      // After B^2, B^3: B, B^2, B^3 by 2^-r, ...; after B^6 (r <= s): B ..
+      // B^6 by 2^(s - r), ... where B^6 takes squarings away.
+      if (k == 1 || r < s) {
+        small_scale_powers<float, kPairN, false, kPairRows>(
+            plan, k == 1 ? -r : s - r, k == 1 ? 3 : 4, buf, nullptr);
+        __syncthreads();
+      }
+      s = r;
     }
   }
 

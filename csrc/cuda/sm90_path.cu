@@ -13,8 +13,8 @@
 // sub-block of the same operands. The split kernel also forms the product
 // operands from the slots (no combine launches for products here). Split
 // and GEMM launches are predicated on the device like those of the GEMM
-// path, whose norms, shift, refinement of s after the second product,
-// approximant and later squarings this path shares (gemm_path.h).
+// path, whose norms, shift, refinements of s after the second and third
+// products, approximant and later squarings this path shares (gemm_path.h).
 #include "cuda/kernel_utils.cuh"
 
 #include <type_traits>
@@ -292,8 +292,9 @@ bool launch_sm90_steps(Launcher& launcher, const GemmRun& run, T* px, T* pl) {
   };
   for (int k = 0; k < expm::kMaxSlots - 2; ++k) {
     gemms(k, steps[k]);
-    if (k == 1) {
-      launch_refinement<T>(launcher, run); // s, then B, B^2, B^3 scaled
+    if (k == 1 || k == 2) {
+      // s from B^2, B^3, then B, B^2, B^3 scaled; then from B^6, B .. B^6.
+      launch_refinement<T>(launcher, run, /* sixth= */ k == 2);
     }
   }
   launch_approximant(launcher, run, px, pl);
