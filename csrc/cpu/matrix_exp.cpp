@@ -303,13 +303,16 @@ class Evaluator {
   }
 
   // B, B^2, B^3, B^6 (the first `count`) times 2^(-e p) for their powers p
-  // (exact).
+  // (exact). B^6 takes two factors 2^(-3e): 2^(6e) alone leaves the float
+  // range from e = 22 on.
   void scale_powers(T* const* power, int count, int e) const {
-    constexpr int kPower[4] = {1, 2, 3, 6};
+    constexpr int kPower[4] = {1, 2, 3, 3};
     for (int k = 0; k < count; ++k) {
       const Real f = Real(std::ldexp(1.0, -e * kPower[k]));
-      for (size_t i = 0; i < nn_; ++i) {
-        power[k][i] *= f;
+      for (int twice = 0; twice < (k == 3 ? 2 : 1); ++twice) {
+        for (size_t i = 0; i < nn_; ++i) {
+          power[k][i] *= f;
+        }
       }
     }
   }

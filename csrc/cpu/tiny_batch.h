@@ -245,15 +245,19 @@ class TinyBlock {
   }
 
   // Slots 1 .. `slots` (B, B^2, B^3, B^6) times 2^(-e p) lane by lane for
-  // their powers p (exact).
+  // their powers p (exact). B^6 takes two factors 2^(-3e): 2^(6e) alone
+  // leaves the float range from e = 22 on.
   void scale_powers(const int* e, int count, int slots) {
-    constexpr int kPower[4] = {1, 2, 3, 6};
+    constexpr int kPower[4] = {1, 2, 3, 3};
     for (int k = 0; k < slots; ++k) {
       Lanes f = {};
       for (int w = 0; w < count; ++w) {
         f[w] = Real(std::ldexp(1.0, -e[w] * kPower[k]));
       }
       scale_by(slot_[1 + k], f);
+      if (k == 3) {
+        scale_by(slot_[1 + k], f);
+      }
     }
   }
 
