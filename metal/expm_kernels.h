@@ -99,6 +99,51 @@ inline void free_buffer(thread uint& used, int q) {
   used &= ~(1u << q);
 }
 
+// mu = tr(A) / n in float, as close as the CPU and CUDA backends form it in
+// double: each a_ii scaled by 2^-k <= 1 / n (exact, and the sum cannot
+// overflow), summed with its rounding errors carried (TwoSum), divided once.
+// Summing a_ii / n rounds every term: for -I + cN, n = 12, mu misses -1 by an
+// ulp, B = A - mu I is no longer nilpotent and ||B^6|| ~ 6 |delta| c^5 keeps
+// the squarings that the B^6 rule removes on the other backends.
+struct MeanPart {
+  float hi;
+  float lo;
+  void add(float x) {
+    const float sum = hi + x;
+    const float back = sum - hi;
+    lo += (hi - (sum - back)) + (x - back);
+    hi = sum;
+  }
+  // (hi + lo) / n times 2^k, the quotient corrected by its exact remainder.
+  float mean(int n, int k) const {
+    const float q = hi / float(n);
+    const float r = fma(-q, float(n), hi);
+    return ldexp(q + (r + lo) / float(n), k);
+  }
+};
+
+template <typename T>
+struct DiagonalMean {
+  int k;
+  MeanPart re;
+  MeanPart im;
+  static DiagonalMean start(int n) {
+    int k = 0;
+    while ((1 << k) < n) {
+      ++k;
+    }
+    DiagonalMean m = {k, {0.0f, 0.0f}, {0.0f, 0.0f}};
+    return m;
+  }
+  void add(T x) {
+    re.add(ldexp(Elem<T>::re(x), -k));
+    im.add(ldexp(Elem<T>::im(x), -k));
+  }
+  T mean(int n) const {
+    return Elem<T>::make(re.mean(n, k), im.mean(n, k));
+  }
+};
+
 // The sums of |a_ij| over column j of A and of A - mu I.
 template <typename T, typename V>
 void column_sums(
@@ -374,13 +419,12 @@ void expm_program(thread const V& v) {
   threadgroup T* bufs = v.bufs;
   threadgroup T* dbufs = v.dbufs;
 
-  // mu = tr(A) / n, formed by every thread in the same order (same value),
-  // as the sum of a_ii / n: Metal has no double, and a float trace of huge
-  // diagonal entries would overflow and lose the shift.
-  T mu = Elem<T>::make(0.0f, 0.0f);
+  // mu formed by every thread in the same order (the same value).
+  DiagonalMean<T> trace = DiagonalMean<T>::start(n);
   for (int i = 0; i < n; ++i) {
-    mu = mu + v.a_at(i * n + i) / float(n);
+    trace.add(v.a_at(i * n + i));
   }
+  T mu = trace.mean(n);
   float norm;
   float shifted_norm;
   v.norms(mu, norm, shifted_norm);
@@ -799,24 +843,13 @@ template <typename T>
   const int threads = int(threads3.x);
   const device T* a = a_all + ulong(b) * ulong(n) * ulong(n);
   threadgroup float* part = (threadgroup float*)smem;
-  threadgroup float* part2 = part + threads;
 
-  // mu = sum of a_ii / n (no float overflow of the trace; see above).
-  T partial = Elem<T>::make(0.0f, 0.0f);
-  for (int i = tid; i < n; i += threads) {
-    partial = partial + a[long(i) * n + i] / float(n);
+  // mu by every thread (n loads, against the n^3 work of the matrix).
+  DiagonalMean<T> trace = DiagonalMean<T>::start(n);
+  for (int i = 0; i < n; ++i) {
+    trace.add(a[long(i) * n + i]);
   }
-  part[tid] = Elem<T>::re(partial);
-  part2[tid] = Elem<T>::im(partial);
-  threadgroup_barrier(mem_flags::mem_threadgroup);
-  float mu_re = 0.0f;
-  float mu_im = 0.0f;
-  for (int t = 0; t < threads; ++t) {
-    mu_re += part[t];
-    mu_im += part2[t];
-  }
-  const T mu = Elem<T>::make(mu_re, mu_im);
-  threadgroup_barrier(mem_flags::mem_threadgroup);
+  const T mu = trace.mean(n);
 
   float norm;
   float shifted_norm;
