@@ -46,6 +46,11 @@ inline float mul_add(float a, float b, float c) {
   return fma(a, b, c);
 }
 
+inline complex64 mul_add(float a, complex64 b, complex64 c) {
+  complex64 r = {fma(a, b.re, c.re), fma(a, b.im, c.im)};
+  return r;
+}
+
 inline complex64 mul_add(complex64 a, complex64 b, complex64 c) {
   complex64 r = {
       fma(a.re, b.re, fma(-a.im, b.im, c.re)),

@@ -174,11 +174,12 @@ T small_combination_at(
     int idx,
     bool diagonal,
     bool identity) {
-  // The identity term last, as the CPU evaluator adds it.
+  // With FMAs in slot order, as the CUDA kernels; the identity term last, as
+  // the CPU evaluator adds it.
   T v = Elem<T>::make(0.0f, 0.0f);
   for (int j = 1; j < count; ++j) {
     if (c[j] != 0.0f) {
-      v = v + c[j] * bufs[(slot[j] * nn + idx) * S];
+      v = mul_add(c[j], bufs[(slot[j] * nn + idx) * S], v);
     }
   }
   if (identity && diagonal) {
@@ -974,7 +975,7 @@ void large_combination(
       if (c[j] != 0.0f) {
         device T* src =
             matrix_buffer<T>(work, n, batch, frechet, b, pass + slot_buffer(j));
-        v = v + c[j] * src[idx];
+        v = mul_add(c[j], src[idx], v);
       }
     }
     if (identity && idx / n == idx % n) {
