@@ -16,6 +16,7 @@
 #include <complex>
 #include <cstddef>
 #include <cstdint>
+#include <cstring>
 #include <limits>
 #include <type_traits>
 
@@ -24,6 +25,18 @@
 #include "expm_numerics.h"
 
 namespace mlx_linalg_ext::cpu {
+
+// 2^k exactly. std::ldexp is a libm call (scalbn): in the per-lane
+// bookkeeping of 100,000 3x3 matrices it took 17% of the time (perf).
+inline double exact_pow2(int k) {
+  if (k < -1022 || k > 1023) {
+    return std::ldexp(1.0, k);
+  }
+  const uint64_t bits = uint64_t(k + 1023) << 52;
+  double d;
+  std::memcpy(&d, &bits, sizeof d);
+  return d;
+}
 
 // Sizes the lane-batched path takes; larger ones run a matrix at a time.
 constexpr int kTinyMaxN = 8;
@@ -146,8 +159,8 @@ class TinyBlock {
         lane[w].squarings = first[w] == 0
             ? 0
             : expm::refine_squarings_sixth(
-                  std::ldexp(norm2[w], -2 * first[w]),
-                  std::ldexp(norm3[w], -3 * first[w]),
+                  norm2[w] * exact_pow2(-2 * first[w]),
+                  norm3[w] * exact_pow2(-3 * first[w]),
                   lane_norm(slot_[4], w),
                   first[w],
                   precision());
@@ -166,7 +179,7 @@ class TinyBlock {
     if (frechet) {
       Lanes scale = {};
       for (int w = 0; w < count; ++w) {
-        scale[w] = Real(std::ldexp(1.0, -lane[w].squarings));
+        scale[w] = Real(exact_pow2(-lane[w].squarings));
       }
       load(e, count, index, dslot_[1]);
       scale_by(dslot_[1], scale);
@@ -252,7 +265,7 @@ class TinyBlock {
     for (int k = 0; k < slots; ++k) {
       Lanes f = {};
       for (int w = 0; w < count; ++w) {
-        f[w] = Real(std::ldexp(1.0, -e[w] * kPower[k]));
+        f[w] = Real(exact_pow2(-e[w] * kPower[k]));
       }
       scale_by(slot_[1 + k], f);
       if (k == 3) {
@@ -273,7 +286,8 @@ class TinyBlock {
       for (int i = 0; i < N; ++i) {
         double re = m.v[0][i * N + j][w];
         double im = P == 2 ? double(m.v[P - 1][i * N + j][w]) : 0.0;
-        col += P == 2 ? std::hypot(re, im) : std::abs(re);
+        // No overflow in double (float parts); std::hypot is much slower.
+        col += P == 2 ? std::sqrt(re * re + im * im) : std::abs(re);
       }
       norm = (col > norm || std::isnan(col)) ? col : norm;
     }
@@ -394,7 +408,7 @@ class TinyBlock {
       if (lane[w].mu == T(0)) {
         continue;
       }
-      double f = std::ldexp(1.0, -lane[w].squarings);
+      double f = exact_pow2(-lane[w].squarings);
       if constexpr (P == 2) {
         std::complex<double> mu(lane[w].mu);
         std::complex<double> factor = std::exp(mu * f);
