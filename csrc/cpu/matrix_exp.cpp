@@ -44,20 +44,6 @@ constexpr int precision_of() {
   return std::is_same_v<T, double> ? expm::kDouble : expm::kSingle;
 }
 
-// |x| in double. For complex64 the square root of the sum of squares:
-// float parts cannot overflow it in double, and std::abs (hypotf) cost
-// several times the arithmetic of a tiny complex matrix.
-inline double magnitude(float x) {
-  return std::abs(x);
-}
-inline double magnitude(double x) {
-  return std::abs(x);
-}
-inline double magnitude(complex64 x) {
-  const double re = x.real(), im = x.imag();
-  return std::sqrt(re * re + im * im);
-}
-
 // The largest of n column sums; a NaN sum must win, which std::max does not
 // ensure.
 inline double largest_sum(const double* v, int n) {
@@ -71,19 +57,16 @@ inline double largest_sum(const double* v, int n) {
 // The 1-norms (largest column sum of |a_ij|) of A and of A - mu I,
 // accumulated in double so that a large finite matrix does not overflow.
 // col and col_shifted hold n sums each (the caller's, reused per matrix).
-template <int kN, typename T>
+template <typename T>
 std::pair<double, double>
 one_norms(const T* a, int n, T mu, double* col, double* col_shifted) {
-  if constexpr (kN > 0) {
-    n = kN;
-  }
   std::fill(col, col + n, 0.0);
   std::fill(col_shifted, col_shifted + n, 0.0);
   for (int i = 0; i < n; ++i) {
     for (int j = 0; j < n; ++j) {
       T aij = a[size_t(i) * n + j];
-      col[j] += magnitude(aij);
-      col_shifted[j] += magnitude(i == j ? aij - mu : aij);
+      col[j] += cpu::magnitude(aij);
+      col_shifted[j] += cpu::magnitude(i == j ? aij - mu : aij);
     }
   }
   return {largest_sum(col, n), largest_sum(col_shifted, n)};
@@ -95,7 +78,7 @@ double one_norm(const T* m, int n, double* col) {
   std::fill(col, col + n, 0.0);
   for (int i = 0; i < n; ++i) {
     for (int j = 0; j < n; ++j) {
-      col[j] += magnitude(m[size_t(i) * n + j]);
+      col[j] += cpu::magnitude(m[size_t(i) * n + j]);
     }
   }
   return largest_sum(col, n);
@@ -103,11 +86,8 @@ double one_norm(const T* m, int n, double* col) {
 
 // tr(A)/n, summed in double: a float32 trace of huge diagonal entries would
 // overflow and lose the shift.
-template <int kN, typename T>
+template <typename T>
 T mean_diagonal(const T* a, int n) {
-  if constexpr (kN > 0) {
-    n = kN;
-  }
   using Wide = std::
       conditional_t<std::is_same_v<T, complex64>, std::complex<double>, double>;
   Wide sum(0);
@@ -127,11 +107,10 @@ decide_matrix(const T* a, int n, double* col, double* col_shifted) {
   if constexpr (kN > 0) {
     n = kN;
   }
-  T mu = mean_diagonal<kN>(a, n);
-  auto [norm, shifted_norm] = one_norms<kN>(a, n, mu, col, col_shifted);
+  T mu = mean_diagonal(a, n);
+  auto [norm, shifted_norm] = one_norms(a, n, mu, col, col_shifted);
   expm::Decision d = expm::decide(norm, shifted_norm, precision_of<T>());
-  return {
-      d.degree, d.squarings, d.shift ? mu : T(0), cpu::triangle_of<kN>(a, n)};
+  return {d.degree, d.squarings, d.shift ? mu : T(0), cpu::triangle_of(a, n)};
 }
 
 // e^mu in double precision.
@@ -335,8 +314,11 @@ class Evaluator {
   void scale_powers(T* const* power, int count, int e) const {
     constexpr int kPower[4] = {1, 2, 3, 3};
     for (int k = 0; k < count; ++k) {
-      const Real f = Real(std::ldexp(1.0, -e * kPower[k]));
-      for (int twice = 0; twice < (k == 3 ? 2 : 1); ++twice) {
+      const Real f = Real(cpu::exact_pow2(-e * kPower[k]));
+      for (size_t i = 0; i < nn_; ++i) {
+        power[k][i] *= f;
+      }
+      if (k == 3) {
         for (size_t i = 0; i < nn_; ++i) {
           power[k][i] *= f;
         }

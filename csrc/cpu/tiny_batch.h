@@ -38,6 +38,20 @@ inline double exact_pow2(int k) {
   return d;
 }
 
+// |x| in double. For complex64 the square root of the sum of squares: float
+// parts cannot overflow it in double, and std::abs (hypotf) cost several
+// times the arithmetic of a tiny complex matrix.
+inline double magnitude(float x) {
+  return std::abs(x);
+}
+inline double magnitude(double x) {
+  return std::abs(x);
+}
+inline double magnitude(complex64 x) {
+  const double re = x.real(), im = x.imag();
+  return std::sqrt(re * re + im * im);
+}
+
 // Sizes the lane-batched path takes; larger ones run a matrix at a time.
 constexpr int kTinyMaxN = 8;
 
@@ -309,10 +323,8 @@ class TinyBlock {
         for (int j = 0; j < N; ++j) {
           double col = 0.0;
           for (int i = 0; i < N; ++i) {
-            const double re = m.v[0][i * N + j][w];
-            const double im = m.v[1][i * N + j][w];
-            // No overflow in double (float parts); std::hypot is slower.
-            col += std::sqrt(re * re + im * im);
+            col += magnitude(
+                complex64(m.v[0][i * N + j][w], m.v[1][i * N + j][w]));
           }
           most = (col > most || std::isnan(col)) ? col : most;
         }

@@ -18,11 +18,8 @@ enum Triangle : int { kFull = 0, kUpper = 1, kLower = 2 };
 
 // Which triangle the row-major n x n matrix a is (exact zeros only; a
 // diagonal matrix counts as upper).
-template <int kN = 0, typename T>
+template <typename T>
 Triangle triangle_of(const T* a, int n) {
-  if constexpr (kN > 0) {
-    n = kN;
-  }
   bool upper = true, lower = true;
   for (int i = 0; i < n && (upper || lower); ++i) {
     for (int j = 0; j < n; ++j) {
